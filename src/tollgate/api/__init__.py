@@ -1,0 +1,1 @@
+"""HTTP surfaces: the data plane, the management API, the operator admin API."""

@@ -1,0 +1,193 @@
+"""API tokens: minting, verification (cached, constant-time) and permission checks.
+
+A token looks like `tg_<16 hex id><43 url-safe chars>`. The id is the non-secret lookup key; the
+database keeps only the SHA-256 of the whole token (the secret part carries 256 random bits, so a
+plain hash is enough, and no pepper can be lost). Verification compares hashes with
+`hmac.compare_digest`.
+
+Operator tokens generated at first start look like `tgop_<16 hex id><43 chars>` and live in their
+own table; a configured `operator.admin_token` is compared directly.
+
+The hot path never waits on the database for a token it has seen in the last `ttl` seconds.
+Revocation and account changes made through this process drop the cache entry at once; other
+processes see them within `ttl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tollgate.errors import AuthenticationFailed, PermissionDenied
+from tollgate.store import Store
+from tollgate.store import accounts as account_repo
+from tollgate.store import tokens as token_repo
+
+TOKEN_PREFIX = "tg_"  # noqa: S105 (a prefix, not a secret)
+OPERATOR_PREFIX = "tgop_"
+PERMISSIONS = frozenset({"run", "read", "edit"})
+_ID_LEN = 16
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    token_id: str
+    token: str  # shown once, never stored
+    token_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an account's token and what it may do."""
+
+    account_id: str
+    token_id: str
+    permissions: frozenset[str]
+    expires_at: datetime | None
+    account_active: bool
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def mint_token(prefix: str = TOKEN_PREFIX) -> MintedToken:
+    token_id = secrets.token_hex(_ID_LEN // 2)
+    token = f"{prefix}{token_id}{secrets.token_urlsafe(32)}"
+    return MintedToken(token_id, token, hash_token(token))
+
+
+def looks_like_token(value: str) -> bool:
+    """True for anything in tollgate's token format; such a value is never a provider key."""
+    return value.startswith(TOKEN_PREFIX) or value.startswith(OPERATOR_PREFIX)
+
+
+def bearer_value(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class TokenVerifier:
+    """Verifies account tokens, caching results for `ttl` seconds (bounded in size)."""
+
+    def __init__(self, store: Store, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._max = max_entries
+        self._cache: dict[str, tuple[float, Principal | AuthenticationFailed]] = {}
+
+    async def verify(self, token: str) -> Principal:
+        """Return the token's principal or raise `AuthenticationFailed` (401)."""
+        digest = hash_token(token)
+        cached = self._cache.get(digest)
+        if cached is None or time.monotonic() - cached[0] > self._ttl:
+            cached = (time.monotonic(), await self._lookup(token, digest))
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[digest] = cached
+        outcome = cached[1]
+        if isinstance(outcome, AuthenticationFailed):
+            raise outcome
+        if outcome.expires_at is not None and outcome.expires_at <= datetime.now(UTC):
+            raise AuthenticationFailed(
+                "This API token has expired. Create a new token and use it instead.",
+                code="expired_token",
+            )
+        return outcome
+
+    async def _lookup(self, token: str, digest: str) -> Principal | AuthenticationFailed:
+        invalid = AuthenticationFailed(
+            "The API token is not valid. Check that you copied the whole tg_... token.",
+            code="invalid_token",
+        )
+        if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + _ID_LEN + 16:
+            return invalid
+        row = await token_repo.get_token(self._store, token[len(TOKEN_PREFIX) :][:_ID_LEN])
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return invalid
+        if row.revoked_at is not None:
+            return AuthenticationFailed(
+                "This API token was revoked. Create a new token and use it instead.",
+                code="revoked_token",
+            )
+        account = await account_repo.get_account(self._store, row.account_id)
+        return Principal(
+            account_id=row.account_id,
+            token_id=row.id,
+            permissions=row.permissions,
+            expires_at=row.expires_at,
+            account_active=account is not None and account.status == "active",
+        )
+
+    def forget_token(self, token_id: str) -> None:
+        """Drop a token from the cache (after revocation)."""
+        for digest, (_, outcome) in list(self._cache.items()):
+            if isinstance(outcome, Principal) and outcome.token_id == token_id:
+                del self._cache[digest]
+
+    def forget_account(self, account_id: str) -> None:
+        """Drop every cached token of an account (after it is disabled or enabled)."""
+        for digest, (_, outcome) in list(self._cache.items()):
+            if isinstance(outcome, Principal) and outcome.account_id == account_id:
+                del self._cache[digest]
+
+
+def authorize(principal: Principal, account_id: str, permission: str) -> None:
+    """Raise 403 unless the principal belongs to `account_id` and holds `permission`."""
+    if principal.account_id != account_id:
+        raise PermissionDenied(
+            "This API token belongs to another account. Use a token of the account in the URL.",
+            code="wrong_account",
+        )
+    if not principal.account_active:
+        raise PermissionDenied(
+            "This account is disabled. Ask the gateway operator to enable it.",
+            code="account_disabled",
+        )
+    if permission not in principal.permissions:
+        raise PermissionDenied(
+            f"This API token lacks the '{permission}' permission. "
+            f"Create a token with '{permission}' for this call.",
+            code="missing_permission",
+        )
+
+
+class OperatorAuth:
+    """Checks the operator's admin token: the configured one, or one generated at first start."""
+
+    def __init__(self, store: Store, configured: str | None) -> None:
+        self._store = store
+        self._configured_hash = hash_token(configured) if configured else None
+        self._valid: set[str] = set()  # hashes of generated operator tokens seen valid
+
+    async def check(self, token: str | None) -> None:
+        if not token:
+            raise AuthenticationFailed(
+                "The admin API needs the operator token: send 'Authorization: Bearer <token>'.",
+                code="missing_token",
+            )
+        digest = hash_token(token)
+        if self._configured_hash and hmac.compare_digest(self._configured_hash, digest):
+            return
+        if digest in self._valid:
+            return
+        if token.startswith(OPERATOR_PREFIX):
+            stored = await token_repo.get_operator_token_hash(
+                self._store, token[len(OPERATOR_PREFIX) :][:_ID_LEN]
+            )
+            if stored is not None and hmac.compare_digest(stored, digest):
+                self._valid.add(digest)
+                return
+        raise AuthenticationFailed(
+            "The operator token is not valid. Use TOLLGATE_ADMIN_TOKEN or the token printed at "
+            "first start.",
+            code="invalid_token",
+        )

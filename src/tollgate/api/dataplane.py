@@ -1,0 +1,140 @@
+"""The data plane: `/v1/{account_id}/{gateway_id}/{provider}/{path}`, as raw ASGI.
+
+This module turns ASGI into a `NativeRequest` (route, body within limits) and renders any
+`GatewayError` in the format of the provider the client called. `tollgate.pipeline` does the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from starlette.types import Receive, Scope, Send
+
+from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
+from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.pipeline import NativeRequest, proxy_native
+from tollgate.providers.registry import PROVIDERS
+from tollgate.services import Services
+from tollgate.upstream import Upstream
+
+_ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+_GATEWAY_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
+_ENCODED_TRAVERSAL = re.compile(rb"%2e|%2f|%5c", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class _Route:
+    account_id: str
+    gateway_id: str
+    provider: str
+    path: str
+
+
+class DataPlane:
+    def __init__(self, services: Services, upstream: Upstream) -> None:
+        self.services = services
+        self.upstream = upstream
+        self.max_body = services.settings.server.max_body_bytes
+        sandbox = services.settings.sandbox_mode
+        self.extra_headers: list[tuple[bytes, bytes]] = (
+            [(b"x-tollgate-sandbox", b"simulated")] if sandbox else []
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wire = "openai"
+        try:
+            route = parse_route(scope)
+            wire = PROVIDERS[route.provider].wire
+            body = await read_body(scope, receive, self.max_body)
+            request = NativeRequest(
+                account_id=route.account_id,
+                gateway_id=route.gateway_id,
+                provider=route.provider,
+                path=route.path,
+                method=scope["method"],
+                query=scope["query_string"],
+                headers=scope["headers"],
+                body=body,
+            )
+            await proxy_native(
+                self.services, self.upstream, request, receive, send, self.extra_headers
+            )
+        except GatewayError as error:
+            await send_error(send, error, wire, self.extra_headers)
+
+
+def parse_route(scope: Scope) -> _Route:
+    parts = scope["path"].split("/", 5)  # ['', 'v1', account, gateway, provider, rest]
+    if len(parts) < 5 or not parts[4]:
+        raise NotFound(
+            "Unknown route. Use /v1/{account_id}/{gateway_id}/{provider}/{path}, "
+            "for example /v1/<account>/default/openai/chat/completions.",
+            code="route_not_found",
+        )
+    account_id, gateway_id, provider = parts[2], parts[3], parts[4]
+    rest = parts[5] if len(parts) == 6 else ""
+    if not _ACCOUNT_ID.match(account_id):
+        raise NotFound(
+            f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
+            code="account_not_found",
+        )
+    if not _GATEWAY_ID.match(gateway_id):
+        raise NotFound(
+            f"'{gateway_id}' is not a gateway id: up to 64 characters of a-z, 0-9, - and _.",
+            code="gateway_not_found",
+        )
+    if provider not in PROVIDERS:
+        raise NotFound(
+            f"Unknown provider '{provider}'. Known providers: {', '.join(PROVIDERS)}.",
+            code="provider_not_found",
+        )
+    segments = rest.split("/")
+    raw_path: bytes = scope.get("raw_path") or b""
+    if (
+        any(s in (".", "..") for s in segments)
+        or "\\" in rest
+        or _ENCODED_TRAVERSAL.search(raw_path)
+    ):
+        raise InvalidRequest(
+            "The provider path may not contain '.', '..', backslashes or encoded slashes.",
+            code="invalid_path",
+        )
+    return _Route(account_id, gateway_id, provider, rest)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` before reading it all."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client disconnected while sending the body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than this gateway's limit of {limit} bytes. "
+        "Send a smaller request, or ask the operator to raise server.max_body_bytes.",
+    )
+
+
+async def send_error(
+    send: Send, error: GatewayError, wire: str, extra: list[tuple[bytes, bytes]]
+) -> None:
+    body = dumps(ERROR_RENDERERS[wire](error))
+    headers = error_headers(error) + extra
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

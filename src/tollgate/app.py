@@ -1,0 +1,155 @@
+"""The application factory: `create_app(settings)` builds the whole gateway as one ASGI app.
+
+Requests under `/v1/` (the data plane) go straight to a raw ASGI handler; everything else (the
+management and admin APIs, operations endpoints) goes to a FastAPI app, which costs more per
+request but gives typed models and OpenAPI where speed does not matter.
+
+The lifespan owns every resource: database migrations, the upstream connection pool, and in
+sandbox mode the in-process simulator. It closes them all on shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tollgate.api.admin import admin_router
+from tollgate.api.dataplane import DataPlane
+from tollgate.api.management import management_router
+from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
+from tollgate.errors import GatewayError, InvalidRequest
+from tollgate.providers.registry import PROVIDERS
+from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
+from tollgate.services import Services, UpstreamTarget
+from tollgate.settings import SANDBOX_KEY, Settings
+from tollgate.store import Store
+from tollgate.store.migrate import migrate
+from tollgate.upstream import Upstream
+
+
+def _render_control_error(request: Request, error: GatewayError) -> Response:
+    body = (
+        admin_error_body(error)
+        if request.url.path.startswith("/admin/")
+        else cloudflare_error_body(error)
+    )
+    headers = {k.decode(): v.decode() for k, v in error_headers(error)}
+    return Response(dumps(body), status_code=error.status, headers=headers)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return _render_control_error(
+        request, InvalidRequest(message, code="invalid_field", param=field)
+    )
+
+
+def _control_app(services: Services) -> FastAPI:
+    control = FastAPI(title="tollgate", version="0.1.0", docs_url=None, redoc_url=None)
+    control.include_router(management_router(services), prefix="/client/v4")
+    control.include_router(admin_router(services), prefix="/admin/v1")
+    control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
+    control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    @control.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @control.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, Any]:
+        return {"status": "ready", "sandbox": services.settings.sandbox_mode}
+
+    return control
+
+
+class TollgateApp:
+    """The ASGI callable: routes by path prefix, owns the lifespan."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.upstream = Upstream(services.settings.upstream)
+        self.dataplane = DataPlane(services, self.upstream)
+        self.control = _control_app(services)
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        # Called once start-up is complete (the CLI prints the sandbox banner with it).
+        self.announce: Callable[[Services, SandboxCredentials | None], None] | None = None
+        self.sandbox_credentials: SandboxCredentials | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.dataplane(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    async def startup(self) -> None:
+        stack = contextlib.AsyncExitStack()
+        self._exit_stack = stack
+        services = self.services
+        await migrate(services.store)
+        stack.push_async_callback(services.store.close)
+        if services.settings.sandbox_mode:
+            from tollgate.sim import SimServer, provider_base_urls
+
+            sim = await stack.enter_async_context(SimServer(host="127.0.0.1", port=0))
+            services.sandbox_base_url = sim.base_url
+            urls = provider_base_urls(sim.base_url)
+            services.providers = {
+                slug: UpstreamTarget(slug, urls.get(slug, sim.base_url + row.sim_path), SANDBOX_KEY)
+                for slug, row in PROVIDERS.items()
+            }
+        else:
+            services.providers = {
+                slug: UpstreamTarget(
+                    slug, conf.base_url, conf.api_key.get_secret_value() if conf.api_key else None
+                )
+                for slug, conf in services.settings.providers.items()
+            }
+        await self.upstream.start()
+        stack.push_async_callback(self.upstream.close)
+        if services.settings.sandbox_mode:
+            self.sandbox_credentials = await bootstrap_sandbox(services)
+        if self.announce is not None:
+            self.announce(services, self.sandbox_credentials)
+
+    async def shutdown(self) -> None:
+        if self._exit_stack is not None:
+            await self._exit_stack.aclose()
+            self._exit_stack = None
+
+    async def __aenter__(self) -> TollgateApp:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # report why start-up failed, then let the server stop
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> TollgateApp:
+    """Build the gateway. Nothing is opened until the lifespan starts (or `async with app`)."""
+    return TollgateApp(Services.build(settings, store))

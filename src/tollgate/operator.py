@@ -1,0 +1,75 @@
+"""What the operator does to accounts, shared by the admin API, the CLI and sandbox set-up."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from tollgate import money
+from tollgate.api.auth import PERMISSIONS, mint_token
+from tollgate.errors import InvalidRequest, NotFound
+from tollgate.store import Account, ApiToken, LedgerEntry, Store
+from tollgate.store import accounts as account_repo
+from tollgate.store import ledger as ledger_repo
+from tollgate.store import tokens as token_repo
+
+ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def require_account(store: Store, account_id: str) -> Account:
+    if not ACCOUNT_ID.match(account_id):
+        raise NotFound(
+            f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
+            code="account_not_found",
+        )
+    account = await account_repo.get_account(store, account_id)
+    if account is None:
+        raise NotFound(f"Account {account_id} does not exist.", code="account_not_found")
+    return account
+
+
+async def issue_token(
+    store: Store,
+    account_id: str,
+    *,
+    name: str,
+    permissions: frozenset[str],
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """Create an API token; returns the stored record and the secret, which is shown once."""
+    unknown = permissions - PERMISSIONS
+    if unknown or not permissions:
+        raise InvalidRequest(
+            "permissions must be a non-empty subset of run, read, edit "
+            f"(got {sorted(permissions)})",
+            param="permissions",
+        )
+    await require_account(store, account_id)
+    minted = mint_token()
+    record = await token_repo.insert_token(
+        store,
+        token_id=minted.token_id,
+        account_id=account_id,
+        name=name,
+        token_hash=minted.token_hash,
+        permissions=permissions,
+        expires_at=expires_at,
+    )
+    return record, minted.token
+
+
+async def grant_credits(
+    store: Store, account_id: str, *, amount_cents: int, note: str, reference: str | None = None
+) -> tuple[LedgerEntry, bool]:
+    """Grant credits (a ledger `grant`); with a reference, granted at most once."""
+    if amount_cents <= 0:
+        raise InvalidRequest("amount_cents must be a positive integer", param="amount_cents")
+    await require_account(store, account_id)
+    return await ledger_repo.append_entry(
+        store,
+        account_id,
+        kind="grant",
+        amount_nanos=money.from_cents(amount_cents),
+        note=note,
+        reference=reference,
+    )

@@ -1,0 +1,1 @@
+"""Upstream providers: the registry of slugs, and one adapter per wire format."""

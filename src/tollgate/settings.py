@@ -1,0 +1,239 @@
+"""Settings: one frozen object, built once from `tollgate.toml` and `TOLLGATE_*` variables.
+
+Precedence, lowest first: built-in defaults, the TOML file (`--config`, `TOLLGATE_CONFIG`, or
+`./tollgate.toml` when present), then environment variables. Nested keys use a double underscore:
+`TOLLGATE_SERVER__PORT=9000`, `TOLLGATE_PROVIDERS__GOOGLE_AI_STUDIO__API_KEY=...` (underscores in
+a provider slug stand for its hyphens). Shortcuts: `TOLLGATE_ADMIN_TOKEN`, `TOLLGATE_DATABASE_URL`.
+String values in the TOML file may reference the environment as `${NAME}`.
+
+A bad value stops start-up with `SettingsError`, whose message names the key, says what is
+expected and where to set it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from tollgate.providers.registry import PROVIDERS
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+SANDBOX_KEY = "sandbox-managed-key"
+
+
+class SettingsError(Exception):
+    """The configuration is invalid; the message says which key and how to fix it."""
+
+
+class ServerSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    public_url: str | None = None  # what the gateway calls itself in printed URLs
+
+
+class DatabaseSettings(BaseModel):
+    model_config = _FROZEN
+    url: str = "sqlite:///./data/tollgate.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0]
+        if scheme not in {
+            "sqlite",
+            "sqlite+aiosqlite",
+            "postgresql",
+            "postgres",
+            "postgresql+asyncpg",
+        }:
+            raise ValueError("expected a sqlite:///path or postgresql://user@host/db URL")
+        return url
+
+
+class OperatorSettings(BaseModel):
+    model_config = _FROZEN
+    admin_token: SecretStr | None = None
+
+
+class BillingSettings(BaseModel):
+    model_config = _FROZEN
+    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
+    purchase_fee_percent: Decimal = Field(Decimal(0), ge=0, le=100)
+
+
+class ProviderSettings(BaseModel):
+    model_config = _FROZEN
+    base_url: str
+    api_key: SecretStr | None = None
+    zdr_base_url: str | None = None
+    zdr_api_key: SecretStr | None = None
+
+    @field_validator("base_url", "zdr_base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("expected an http:// or https:// URL")
+        return url.rstrip("/") if url else url
+
+
+class UpstreamSettings(BaseModel):
+    model_config = _FROZEN
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    # Time to the response headers; a stream that has started may then run as long as it needs.
+    first_byte_timeout_seconds: float = Field(300.0, gt=0)
+    pool_size: int = Field(1000, ge=1)
+
+
+class SandboxSettings(BaseModel):
+    model_config = _FROZEN
+    # None = automatic: sandbox mode exactly when no provider has a managed key.
+    enabled: bool | None = None
+    demo_credits_cents: int = Field(1000, ge=0)
+
+
+class Settings(BaseModel):
+    model_config = _FROZEN
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    operator: OperatorSettings = OperatorSettings()
+    billing: BillingSettings = BillingSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    data_dir: Path = Path("./data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(
+        cls, providers: dict[str, ProviderSettings]
+    ) -> dict[str, ProviderSettings]:
+        unknown = sorted(set(providers) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDERS)}")
+        return providers
+
+    @property
+    def sandbox_mode(self) -> bool:
+        if self.sandbox.enabled is not None:
+            return self.sandbox.enabled
+        return not any(p.api_key for p in self.providers.values())
+
+
+def load_settings(
+    config_path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the one Settings object from defaults, the TOML file and the environment."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {"providers": _provider_defaults(env)}
+    path = _config_path(config_path, env)
+    if path is not None:
+        _deep_merge(data, _expand_env(_read_toml(path), env))
+    _deep_merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, path)) from None
+
+
+def _config_path(config_path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    chosen = config_path or env.get("TOLLGATE_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist; create it or drop --config")
+        return path
+    default = Path("tollgate.toml")
+    return default if default.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _provider_defaults(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    return {
+        row.slug: {"base_url": row.default_base_url, "api_key": env.get(row.key_env) or None}
+        for row in PROVIDERS.values()
+    }
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, env) for v in value]
+    if isinstance(value, str):
+        expanded = _ENV_REF.sub(lambda m: env.get(m.group(1), ""), value)
+        # A reference to an unset variable means "not configured", not "empty string".
+        return None if expanded == "" and _ENV_REF.search(value) else expanded
+    return value
+
+
+_ENV_SHORTCUTS = {
+    "TOLLGATE_ADMIN_TOKEN": ("operator", "admin_token"),
+    "TOLLGATE_DATABASE_URL": ("database", "url"),
+}
+_ENV_IGNORED = {"TOLLGATE_CONFIG"}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("TOLLGATE_") or name in _ENV_IGNORED:
+            continue
+        path = _ENV_SHORTCUTS.get(name) or tuple(
+            part.lower() for part in name.removeprefix("TOLLGATE_").split("__")
+        )
+        if len(path) >= 2 and path[0] == "providers":
+            path = (path[0], path[1].replace("_", "-"), *path[2:])
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return overrides
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _explain(exc: ValidationError, path: Path | None) -> str:
+    source = f"{path}" if path else "tollgate.toml"
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc) or "(root)"
+        env_name = "TOLLGATE_" + "__".join(p.upper().replace("-", "_") for p in loc)
+        got = error.get("input")
+        shown = (
+            "" if isinstance(got, dict) or error["type"] == "extra_forbidden" else f" (got {got!r})"
+        )
+        if error["type"] == "extra_forbidden":
+            message = "is not a known setting; check its spelling against docs/configuration.md"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        section = ".".join(loc[:-1])
+        where = f"[{section}] {loc[-1]}" if section else loc[-1] if loc else key
+        lines.append(f"  {key}: {message}{shown}. Set {where} in {source} or {env_name}.")
+    return "\n".join(lines)

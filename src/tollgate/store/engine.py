@@ -1,0 +1,87 @@
+"""Engines and transactions for SQLite (the embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode with `synchronous=FULL` (money tables survive an OS crash, not only a
+process crash). Every write transaction starts with `BEGIN IMMEDIATE`, which takes the write lock
+up front: a deferred transaction that reads and then writes can fail with SQLITE_BUSY despite the
+busy timeout. Writes in one process also go through a one-connection pool, so they queue in
+memory instead of spinning on the file lock. Reads use a separate pool and never block writers.
+
+PostgreSQL uses one asyncpg pool for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def async_url(url: str) -> str:
+    """Map the user-facing URL (`sqlite:///…`, `postgresql://…`) to its async driver."""
+    scheme, rest = url.split("://", 1)
+    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+        return f"sqlite+aiosqlite://{rest}"
+    return f"postgresql+asyncpg://{rest}"
+
+
+def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves (the driver would emit a deferred one).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=FULL",
+            "busy_timeout=30000",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Store:
+    """Owns the database engines. Use `write()` for a transaction that changes anything."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        driver_url = async_url(url)
+        self.dialect = "sqlite" if driver_url.startswith("sqlite") else "postgresql"
+        if self.dialect == "sqlite":
+            database = make_url(driver_url).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _sqlite_engine(driver_url, begin="BEGIN IMMEDIATE", pool_size=1)
+            self._reader = _sqlite_engine(driver_url, begin="BEGIN", pool_size=4)
+        else:
+            self._writer = create_async_engine(driver_url, pool_size=10, max_overflow=10)
+            self._reader = self._writer
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        async with self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._reader.connect() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()

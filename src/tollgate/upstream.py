@@ -1,0 +1,149 @@
+"""The only module that makes outbound HTTP requests: one pooled aiohttp session per process.
+
+aiohttp rather than httpx: on this hardware the same proxy did ~6.7k requests/s per core on aiohttp
+and under 1k on httpx (pool contention); see ARCHITECTURE.md.
+
+The session decompresses upstream bodies, so relayed responses never carry the upstream's
+`content-encoding` or `content-length`; the data plane re-frames them. A timeout applies to the
+response headers (the first byte); once a stream has started it may run as long as it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from tollgate.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from tollgate.settings import UpstreamSettings
+
+# Headers that describe one hop or the old framing; never relayed in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"content-encoding",
+        b"host",
+    }
+)
+
+
+class UpstreamStreamBroken(Exception):
+    """The upstream connection failed after the response had started."""
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]  # relayable headers only
+    content_type: bytes
+    _response: aiohttp.ClientResponse
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamStreamBroken(str(exc) or type(exc).__name__) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamStreamBroken(str(exc) or type(exc).__name__) from exc
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        """Drop the connection (the client went away mid-stream; do not reuse it)."""
+        self._response.close()
+
+
+class Upstream:
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.pool_size, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._settings.connect_timeout_seconds
+            ),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(
+        self,
+        *,
+        provider: str,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        first_byte_timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """Send the request and wait for the response headers. Raises 502/504 errors."""
+        assert self._session is not None, "Upstream.start() was not called"
+        timeout = first_byte_timeout or self._settings.first_byte_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._session.request(
+                    method, url, headers=list(headers), data=body or None, allow_redirects=False
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{provider} sent no response within {timeout:g} s ({_host(url)}). "
+                "Retry later, or raise the timeout with cf-aig-request-timeout.",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _unreachable(provider, url, exc) from None
+        relayed = [
+            (name.lower(), value)
+            for name, value in response.raw_headers
+            if name.lower() not in HOP_BY_HOP
+        ]
+        return UpstreamResponse(
+            status=response.status,
+            headers=relayed,
+            content_type=response.headers.get("content-type", "").encode("latin-1"),
+            _response=response,
+        )
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+def _unreachable(provider: str, url: str, exc: aiohttp.ClientError) -> GatewayError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = f"could not connect to {_host(url)} ({exc.os_error.strerror or exc.os_error})"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        cause = f"{_host(url)} closed the connection before responding"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    return UpstreamUnavailable(
+        f"The upstream provider {provider} is unreachable: {cause}. Retry later.",
+        code="upstream_unreachable",
+    )
