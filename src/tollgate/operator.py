@@ -73,3 +73,27 @@ async def grant_credits(
         note=note,
         reference=reference,
     )
+
+
+async def set_account_status(store: Store, account_id: str, status: str) -> Account:
+    """Enable (`active`) or disable (`disabled`) an account; setting the same status is a no-op."""
+    if status not in ("active", "disabled"):
+        raise InvalidRequest("status must be 'active' or 'disabled'", param="status")
+    await require_account(store, account_id)
+    account = await account_repo.set_account_status(store, account_id, status)
+    if account is None:
+        raise NotFound(f"Account {account_id} does not exist.", code="account_not_found")
+    return account
+
+
+async def revoke_token(store: Store, account_id: str, token_id: str) -> ApiToken:
+    """Revoke one of this account's tokens; a token of another account is never touched (404)."""
+    await require_account(store, account_id)
+    token = await token_repo.revoke_token(store, account_id, token_id)
+    if token is None:
+        raise NotFound(
+            f"Token {token_id} does not exist in account {account_id}. "
+            "List the account's tokens to find its id.",
+            code="token_not_found",
+        )
+    return token

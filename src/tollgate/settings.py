@@ -112,12 +112,11 @@ class Settings(BaseModel):
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("providers")
+    @field_validator("providers", mode="before")
     @classmethod
-    def _known_providers(
-        cls, providers: dict[str, ProviderSettings]
-    ) -> dict[str, ProviderSettings]:
-        unknown = sorted(set(providers) - set(PROVIDERS))
+    def _known_providers(cls, providers: Any) -> Any:
+        # Checked before the fields, so a typo in a slug is reported as such.
+        unknown = sorted(set(providers or {}) - set(PROVIDERS))
         if unknown:
             raise ValueError(f"unknown provider {unknown[0]!r}; known: {', '.join(PROVIDERS)}")
         return providers

@@ -1,0 +1,58 @@
+"""Money: integer nano-dollars and the one rounding rule."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tollgate import money
+
+
+def test_units() -> None:
+    assert money.from_cents(1000) == 10 * money.NANOS_PER_DOLLAR
+    assert money.from_dollars("0.000000001") == 1
+    assert money.to_dollars(1_500_000_000) == Decimal("1.5")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Fraction(1, 2), 1),
+        (Fraction(3, 2), 2),
+        (Fraction(-1, 2), 0),
+        (Fraction(49, 100), 0),
+        (Fraction(-3, 2), -1),
+        (Fraction(7, 3), 2),
+    ],
+)
+def test_round_half_up(value: Fraction, expected: int) -> None:
+    assert money.round_half_up(value) == expected
+
+
+def test_dollars_are_parsed_exactly_never_through_floats() -> None:
+    assert money.from_dollars("0.1") * 3 == money.from_dollars("0.3")
+    assert money.from_dollars("0.0000000005") == 1  # half a nano rounds up
+    assert money.from_dollars("0.00000000049") == 0
+
+
+@pytest.mark.parametrize(
+    ("nanos", "shown"),
+    [(10_000_000_000, "$10.00"), (1_234_567_890, "$1.23"), (-5_000_000, "-$0.01"), (0, "$0.00")],
+)
+def test_format_dollars(nanos: int, shown: str) -> None:
+    assert money.format_dollars(nanos) == shown
+
+
+def test_header_dollars_is_exact() -> None:
+    assert money.header_dollars(123) == "0.000000123"
+    assert money.header_dollars(10_000_000_000) == "10"
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_cents_round_trip(cents: int) -> None:
+    nanos = money.from_cents(cents)
+    assert money.to_dollars(nanos) * 100 == cents
