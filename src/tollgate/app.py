@@ -17,13 +17,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from tollgate.api.admin import admin_router
 from tollgate.api.dataplane import DataPlane
 from tollgate.api.management import management_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
-from tollgate.errors import GatewayError, InvalidRequest
+from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tollgate.providers.registry import PROVIDERS
 from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
 from tollgate.services import Services, UpstreamTarget
@@ -53,12 +54,26 @@ def _validation_error(request: Request, exc: RequestValidationError) -> Response
     )
 
 
+def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Unknown routes and methods, in the surface's own error format."""
+    error: GatewayError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+    else:
+        error = NotFound(
+            f"No such endpoint: {request.method} {request.url.path}. See /openapi.json.",
+            code="route_not_found",
+        )
+    return _render_control_error(request, error)
+
+
 def _control_app(services: Services) -> FastAPI:
     control = FastAPI(title="tollgate", version="0.1.0", docs_url=None, redoc_url=None)
     control.include_router(management_router(services), prefix="/client/v4")
     control.include_router(admin_router(services), prefix="/admin/v1")
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    control.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
     @control.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

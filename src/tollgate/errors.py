@@ -9,6 +9,7 @@ the surface the client called: OpenAI, Anthropic, Google or the Cloudflare v4 en
     ├── InsufficientCredits  402  insufficient_credits
     ├── PermissionDenied     403  missing_permission, wrong_account, account_disabled
     ├── NotFound             404  account_not_found, gateway_not_found, route_not_found, ...
+    ├── MethodNotAllowed     405  method_not_allowed
     ├── Conflict             409  already_exists
     ├── PayloadTooLarge      413  request_too_large
     ├── RateLimited          429  rate_limited (carries retry_after seconds)
@@ -67,6 +68,11 @@ class PermissionDenied(GatewayError):
 class NotFound(GatewayError):
     status = 404
     default_code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    default_code = "method_not_allowed"
 
 
 class Conflict(GatewayError):

@@ -1,0 +1,296 @@
+"""The gateways management API under `/client/v4/accounts/{account_id}/ai-gateway`.
+
+Cloudflare's endpoints, as the official `cloudflare` SDK (`client.ai_gateway`) calls them:
+
+    GET    /gateways?page&per_page&search         read  list, newest first; search: id contains
+    POST   /gateways                              edit  create
+    GET    /gateways/{id}                         read  fetch
+    PUT    /gateways/{id}                         edit  replace every setting (the id stays)
+    DELETE /gateways/{id}                         edit  delete; returns the deleted gateway
+    GET    /gateways/{gateway_id}/url/{provider}  read  the URL as a string (below)
+
+The URL is `{public base}/v1/{account_id}/{gateway_id}/{provider}`, where the public base is
+`[server] public_url` or else the base URL the request came to.
+
+Every response is the Cloudflare v4 envelope. Checks run in this order, so that nothing about an
+account leaks to a caller who may not see it: the bearer token (401 `missing_token` /
+`invalid_token`), the account id's format (404), the token's account and permission (403), then
+the body (400), then the store (404 / 409).
+
+Decisions where Cloudflare's documents are silent (body validation decisions are listed in
+`tollgate.gateway_config`):
+
+- A gateway named `default` may be created explicitly (409 if it already exists, for example
+  because a data-plane request created it). It is the account's default gateway either way, so
+  `is_default` is true exactly for the id `default`, however it was created.
+- There is no limit on the number of gateways per account (Cloudflare's 10/20 is a plan limit).
+- `per_page` is 1 to 50 (default 20); `page` starts at 1; a page past the end is empty.
+- `url/{provider}` answers for a provider tollgate serves (the registry's slugs, `workers-ai`,
+  `custom-{slug}`, and `compat` for the unified API), 404 otherwise; and for an existing
+  gateway, or `default` (which the first authenticated data-plane request creates).
+- Create, update and delete drop the data plane's cached copy of the gateway at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from tollgate.api.auth import authorize, bearer_value
+from tollgate.api.envelope import (
+    DEFAULT_PER_PAGE,
+    MAX_PER_PAGE,
+    cloudflare_response,
+    page_request,
+    timestamp,
+)
+from tollgate.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+from tollgate.gateway_cache import DEFAULT_GATEWAY_ID
+from tollgate.gateway_config import (
+    REQUIRED_FIELDS,
+    SETTINGS,
+    default_gateway_config,
+    parse_gateway_create,
+    parse_gateway_update,
+)
+from tollgate.operator import ACCOUNT_ID
+from tollgate.providers.registry import PROVIDERS
+from tollgate.services import Services
+from tollgate.store import GatewayRecord
+from tollgate.store import gateways as gateway_repo
+
+# Providers the data plane serves beyond the registry's rows (PRODUCT.md §2.1).
+_EXTRA_PROVIDERS = frozenset({"workers-ai", "compat"})
+_CUSTOM_PROVIDER = re.compile(r"^custom-[a-z0-9_-]{1,64}$")
+
+
+def gateway_object(record: GatewayRecord) -> dict[str, object]:
+    """The gateway as the API shows it: id, every setting, timestamps, `is_default`."""
+    body: dict[str, object] = {"id": record.id}
+    body.update(default_gateway_config())  # settings added after this gateway was stored
+    body.update(record.config)
+    body["created_at"] = timestamp(record.created_at)
+    body["modified_at"] = timestamp(record.modified_at)
+    body["is_default"] = record.is_default
+    return body
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+class GatewayRoutes:
+    """The handlers; `management_router` mounts them."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
+        token = bearer_value(request.headers.get("authorization"))
+        if token is None:
+            hint = (
+                " Global API keys (X-Auth-Key) are not supported; use an API token."
+                if "x-auth-key" in request.headers
+                else ""
+            )
+            raise AuthenticationFailed(
+                "This API needs an API token: send 'Authorization: Bearer <tg_... token>'." + hint,
+                code="missing_token",
+            )
+        principal = await self.services.tokens.verify(token)
+        if not ACCOUNT_ID.match(account_id):
+            raise NotFound(
+                f"'{_shown(account_id)}' is not an account id: account ids are 32 lowercase "
+                "hexadecimal characters.",
+                code="account_not_found",
+            )
+        authorize(principal, account_id, permission)
+
+    async def _json_body(self, request: Request) -> object:
+        limit = self.services.settings.server.max_body_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        if not body.strip():
+            raise InvalidRequest(
+                "The request body is empty: send the gateway settings as a JSON object.",
+                code="invalid_json",
+            )
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc}).", code="invalid_json"
+            ) from None
+
+    async def _existing(self, account_id: str, gateway_id: str) -> GatewayRecord:
+        record = await gateway_repo.get_gateway(self.services.store, account_id, gateway_id)
+        if record is None:
+            raise _gateway_not_found(account_id, gateway_id)
+        return record
+
+    async def list_gateways(self, request: Request, account_id: str) -> Response:
+        await self._authorize(request, account_id, "read")
+        paging = page_request(request.query_params)
+        search = request.query_params.get("search") or None
+        found = await gateway_repo.list_gateways(
+            self.services.store,
+            account_id,
+            search=search.lower() if search else None,
+            offset=paging.offset,
+            limit=paging.per_page,
+        )
+        return cloudflare_response(
+            [gateway_object(r) for r in found.items],
+            result_info=paging.result_info(len(found.items), found.total),
+        )
+
+    async def create_gateway(self, request: Request, account_id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        gateway_id, config = parse_gateway_create(await self._json_body(request))
+        try:
+            record = await gateway_repo.insert_gateway(
+                self.services.store,
+                account_id,
+                gateway_id,
+                config,
+                is_default=gateway_id == DEFAULT_GATEWAY_ID,
+            )
+        except gateway_repo.GatewayExists:
+            raise Conflict(
+                f"A gateway named '{gateway_id}' already exists in this account. Choose another "
+                f"id, or change it with PUT .../ai-gateway/gateways/{gateway_id}.",
+                code="already_exists",
+                param="id",
+            ) from None
+        self.services.gateways.invalidate(account_id, gateway_id)
+        return cloudflare_response(gateway_object(record))
+
+    async def get_gateway(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "read")
+        return cloudflare_response(gateway_object(await self._existing(account_id, id)))
+
+    async def update_gateway(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        config = parse_gateway_update(await self._json_body(request), id)
+        record = await gateway_repo.update_gateway(self.services.store, account_id, id, config)
+        if record is None:
+            raise _gateway_not_found(account_id, id)
+        self.services.gateways.invalidate(account_id, id)
+        return cloudflare_response(gateway_object(record))
+
+    async def delete_gateway(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        record = await gateway_repo.delete_gateway(self.services.store, account_id, id)
+        if record is None:
+            raise _gateway_not_found(account_id, id)
+        self.services.gateways.invalidate(account_id, id)
+        return cloudflare_response(gateway_object(record))
+
+    async def gateway_url(
+        self, request: Request, account_id: str, gateway_id: str, provider: str
+    ) -> Response:
+        await self._authorize(request, account_id, "read")
+        if not (
+            provider in PROVIDERS
+            or provider in _EXTRA_PROVIDERS
+            or _CUSTOM_PROVIDER.match(provider)
+        ):
+            known = ", ".join(sorted({*PROVIDERS, *_EXTRA_PROVIDERS}))
+            raise NotFound(
+                f"Unknown provider '{_shown(provider)}'. Known providers: {known}, "
+                "and custom-{slug}.",
+                code="provider_not_found",
+            )
+        if gateway_id != DEFAULT_GATEWAY_ID:
+            await self._existing(account_id, gateway_id)
+        base = self.services.settings.server.public_url or str(request.base_url)
+        return cloudflare_response(f"{base.rstrip('/')}/v1/{account_id}/{gateway_id}/{provider}")
+
+
+def _gateway_not_found(account_id: str, gateway_id: str) -> NotFound:
+    return NotFound(
+        f"Gateway '{_shown(gateway_id)}' does not exist in account {account_id}. List the "
+        "account's gateways with GET .../ai-gateway/gateways.",
+        code="gateway_not_found",
+    )
+
+
+# The handlers read the query and body themselves (so authentication comes first and errors
+# name fields the Cloudflare way); these describe them in /openapi.json.
+_LIST_QUERY: dict[str, Any] = {
+    "parameters": [
+        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+        {
+            "name": "per_page",
+            "in": "query",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PER_PAGE,
+                "default": DEFAULT_PER_PAGE,
+            },
+        },
+        {
+            "name": "search",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "id contains",
+        },
+    ]
+}
+
+
+def _settings_body(*required: str) -> dict[str, Any]:
+    names = ("id", *SETTINGS) if "id" in required else tuple(SETTINGS)
+    properties: dict[str, Any] = {name: {} for name in names}
+    schema = {"type": "object", "required": list(required), "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def management_router(services: Services) -> APIRouter:
+    routes = GatewayRoutes(services)
+    router = APIRouter(prefix="/accounts/{account_id}/ai-gateway", tags=["ai-gateway"])
+    add = router.add_api_route
+    add(
+        "/gateways",
+        routes.list_gateways,
+        methods=["GET"],
+        summary="List gateways",
+        openapi_extra=_LIST_QUERY,
+    )
+    add(
+        "/gateways",
+        routes.create_gateway,
+        methods=["POST"],
+        summary="Create a gateway",
+        openapi_extra=_settings_body("id", *REQUIRED_FIELDS),
+    )
+    add("/gateways/{id}", routes.get_gateway, methods=["GET"], summary="Fetch a gateway")
+    add(
+        "/gateways/{id}",
+        routes.update_gateway,
+        methods=["PUT"],
+        summary="Replace every setting of a gateway",
+        openapi_extra=_settings_body(*REQUIRED_FIELDS),
+    )
+    add("/gateways/{id}", routes.delete_gateway, methods=["DELETE"], summary="Delete a gateway")
+    add(
+        "/gateways/{gateway_id}/url/{provider}",
+        routes.gateway_url,
+        methods=["GET"],
+        summary="The gateway's URL for a provider",
+    )
+    return router
