@@ -7,7 +7,7 @@ from datetime import datetime
 
 from tollgate import money
 from tollgate.api.auth import PERMISSIONS, mint_token
-from tollgate.errors import InvalidRequest, NotFound
+from tollgate.errors import Conflict, InvalidRequest, NotFound
 from tollgate.store import Account, ApiToken, LedgerEntry, Store
 from tollgate.store import accounts as account_repo
 from tollgate.store import ledger as ledger_repo
@@ -65,14 +65,20 @@ async def grant_credits(
     if amount_cents <= 0:
         raise InvalidRequest("amount_cents must be a positive integer", param="amount_cents")
     await require_account(store, account_id)
-    return await ledger_repo.append_entry(
-        store,
-        account_id,
-        kind="grant",
-        amount_nanos=money.from_cents(amount_cents),
-        note=note,
-        reference=reference,
+    amount_nanos = money.from_cents(amount_cents)
+    entry, created = await ledger_repo.append_entry(
+        store, account_id, kind="grant", amount_nanos=amount_nanos, note=note, reference=reference
     )
+    if not created and (entry.kind, entry.amount_nanos) != ("grant", amount_nanos):
+        # Like Stripe's idempotency keys: a reused reference must describe the same operation.
+        raise Conflict(
+            f"Reference '{reference}' was already used for a different ledger entry "
+            f"({entry.kind} of {money.format_dollars(entry.amount_nanos)}). "
+            "Use a new reference for a new grant.",
+            code="reference_reused",
+            param="reference",
+        )
+    return entry, created
 
 
 async def set_account_status(store: Store, account_id: str, status: str) -> Account:

@@ -150,7 +150,10 @@ async def relay(
 ) -> None:
     """Send the upstream's status, headers and bytes to the client, unchanged."""
     headers = response.headers + extra_headers
-    if not response.content_type.startswith(_STREAM_TYPES):
+    # Bodies of known length are sent in one piece; streams and bodies of unknown length (for
+    # example Gemini's streamed JSON array) are relayed chunk by chunk as they arrive.
+    streaming = response.content_length is None or response.content_type.startswith(_STREAM_TYPES)
+    if not streaming:
         try:
             body = await response.read()
         finally:

@@ -48,6 +48,8 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[bytes, bytes]]  # relayable headers only
     content_type: bytes
+    # None when the upstream streams a body of unknown length (chunked).
+    content_length: int | None
     _response: aiohttp.ClientResponse
 
     async def read(self) -> bytes:
@@ -128,6 +130,9 @@ class Upstream:
             status=response.status,
             headers=relayed,
             content_type=response.headers.get("content-type", "").encode("latin-1"),
+            content_length=None
+            if response.headers.get("content-encoding")
+            else response.content_length,
             _response=response,
         )
 

@@ -11,6 +11,7 @@ PostgreSQL uses one asyncpg pool for both.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,22 @@ def async_url(url: str) -> str:
     return f"postgresql+asyncpg://{rest}"
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a lasting property of the file, so only its first switch counts).
+
+    When connections race to switch a brand-new file, SQLite answers the losers SQLITE_BUSY at
+    once, without waiting for busy_timeout; retry briefly instead of failing start-up.
+    """
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError: "database is locked"
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.01)
+
+
 def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
 
@@ -37,8 +54,8 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
         # Let us emit BEGIN ourselves (the driver would emit a deferred one).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        _enable_wal(cursor)
         for pragma in (
-            "journal_mode=WAL",
             "synchronous=FULL",
             "busy_timeout=30000",
             "foreign_keys=ON",
