@@ -114,13 +114,12 @@ class TollgateApp:
         await migrate(services.store)
         stack.push_async_callback(services.store.close)
         if services.settings.sandbox_mode:
-            from tollgate.sim import SimServer, provider_base_urls
+            from tollgate.sim import SimServer
 
             sim = await stack.enter_async_context(SimServer(host="127.0.0.1", port=0))
             services.sandbox_base_url = sim.base_url
-            urls = provider_base_urls(sim.base_url)
             services.providers = {
-                slug: UpstreamTarget(slug, urls.get(slug, sim.base_url + row.sim_path), SANDBOX_KEY)
+                slug: UpstreamTarget(slug, sim.base_url + row.sim_path, SANDBOX_KEY)
                 for slug, row in PROVIDERS.items()
             }
         else:

@@ -93,6 +93,13 @@ class UpstreamSettings(BaseModel):
     pool_size: int = Field(1000, ge=1)
 
 
+class CustomProviderSettings(BaseModel):
+    model_config = _FROZEN
+    # Account-defined `custom-{slug}` providers must use https unless the operator allows http
+    # (for example for inference servers on a private network).
+    allow_http: bool = False
+
+
 class SandboxSettings(BaseModel):
     model_config = _FROZEN
     # None = automatic: sandbox mode exactly when no provider has a managed key.
@@ -108,6 +115,7 @@ class Settings(BaseModel):
     billing: BillingSettings = BillingSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    custom_providers: CustomProviderSettings = CustomProviderSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -14,10 +14,26 @@ from tests.conftest import ADMIN_TOKEN
 from tests.support.accounts import Seeded, seed_account
 from tests.support.server import serve_in_thread
 from tollgate.app import create_app
+from tollgate.providers.registry import PROVIDERS
 from tollgate.settings import load_settings
 from tollgate.sim import create_sim_app
 
 MANAGED_OPENAI_KEY = "sk-managed-openai-for-tests"
+
+
+def managed_key(slug: str) -> str:
+    return MANAGED_OPENAI_KEY if slug == "openai" else f"managed-{slug}-key"
+
+
+def provider_env(sim_url: str) -> dict[str, str]:
+    """Point every provider at the simulator, each with its own managed key."""
+    env: dict[str, str] = {}
+    for slug, row in PROVIDERS.items():
+        base = sim_url + row.sim_path  # the simulator's path for the provider's wire format
+        name = slug.upper().replace("-", "_")
+        env[f"TOLLGATE_PROVIDERS__{name}__BASE_URL"] = base
+        env[f"TOLLGATE_PROVIDERS__{name}__API_KEY"] = managed_key(slug)
+    return env
 
 
 @dataclass
@@ -27,7 +43,10 @@ class Gateway:
     account: Seeded
 
     def openai_base(self, account_id: str | None = None, gateway: str = "default") -> str:
-        return f"{self.url}/v1/{account_id or self.account.account_id}/{gateway}/openai"
+        return self.base("openai", account_id, gateway)
+
+    def base(self, provider: str, account_id: str | None = None, gateway: str = "default") -> str:
+        return f"{self.url}/v1/{account_id or self.account.account_id}/{gateway}/{provider}"
 
 
 class Sim:
@@ -60,8 +79,7 @@ def start_gateway(tmp_path: Path, sim: Sim) -> Callable[..., AbstractContextMana
                 "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
                 "TOLLGATE_DATABASE_URL": database_url,
                 "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-                "TOLLGATE_PROVIDERS__OPENAI__BASE_URL": f"{sim.url}/openai/v1",
-                "TOLLGATE_PROVIDERS__OPENAI__API_KEY": MANAGED_OPENAI_KEY,
+                **provider_env(sim.url),
                 **env,
             }
         )

@@ -44,7 +44,8 @@ _ROWS = [
         "/google",
     ),
     ("groq", "openai", "bearer", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "/openai/v1"),
-    ("grok", "openai", "bearer", "https://api.x.ai/v1", "XAI_API_KEY", "/openai/v1"),
+    # Cloudflare's documented paths for these two carry the version: /grok/v1/chat/completions.
+    ("grok", "openai", "bearer", "https://api.x.ai", "XAI_API_KEY", "/openai"),
     ("mistral", "openai", "bearer", "https://api.mistral.ai", "MISTRAL_API_KEY", "/openai"),
     ("deepseek", "openai", "bearer", "https://api.deepseek.com", "DEEPSEEK_API_KEY", "/openai/v1"),
     (
