@@ -86,6 +86,14 @@ def _control_app(services: Services) -> FastAPI:
     return control
 
 
+def _is_rest_inference(path: str) -> bool:
+    """`/client/v4/accounts/{id}/ai/v1/...` is inference (the data plane), not management."""
+    if not path.startswith("/client/v4/accounts/"):
+        return False
+    parts = path.split("/", 7)
+    return len(parts) > 6 and parts[5] == "ai" and parts[6] in ("v1", "run")
+
+
 class TollgateApp:
     """The ASGI callable: routes by path prefix, owns the lifespan."""
 
@@ -102,6 +110,8 @@ class TollgateApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await self.dataplane(scope, receive, send)
+        elif scope["type"] == "http" and _is_rest_inference(scope["path"]):
+            await self.dataplane.rest(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:

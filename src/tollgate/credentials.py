@@ -26,12 +26,15 @@ class InboundCredentials:
     provider_key: bool  # the client sent its own provider key
     headers: list[tuple[str, str]]  # what may be forwarded upstream
     query: str  # the query string, minus a `key=` that held a tollgate token
+    # The client's own key itself, for translated requests that must carry it another way.
+    provider_key_value: str | None = None
 
 
 def split_credentials(raw_headers: list[tuple[bytes, bytes]], query: bytes) -> InboundCredentials:
     token: str | None = None
     fallback_token: str | None = None
     provider_key = False
+    key_value: str | None = None
     forwarded: list[tuple[str, str]] = []
     for name, raw_value in raw_headers:
         if name.startswith(b"cf-aig-"):
@@ -47,6 +50,7 @@ def split_credentials(raw_headers: list[tuple[bytes, bytes]], query: bytes) -> I
                 fallback_token = fallback_token or candidate
                 continue
             provider_key = True
+            key_value = key_value or candidate
         forwarded.append((name.decode("latin-1"), value))
     query_text = query.decode("latin-1")
     if b"key=" in query:
@@ -55,10 +59,14 @@ def split_credentials(raw_headers: list[tuple[bytes, bytes]], query: bytes) -> I
             if key == "key" and looks_like_token(value):
                 fallback_token = fallback_token or value
             else:
-                provider_key = provider_key or key == "key"
+                if key == "key":
+                    provider_key = True
+                    key_value = key_value or value
                 kept.append((key, value))
         query_text = urlencode(kept)
-    return InboundCredentials(token or fallback_token, provider_key, forwarded, query_text)
+    return InboundCredentials(
+        token or fallback_token, provider_key, forwarded, query_text, key_value
+    )
 
 
 def managed_key_header(style: AuthStyle, key: str) -> tuple[str, str]:

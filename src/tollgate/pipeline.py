@@ -53,9 +53,11 @@ async def proxy_native(
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     inbound = split_credentials(request.headers, request.query)
-    principal = await authenticate(services, request, inbound)
+    principal = await authenticate(services, request.account_id, inbound)
     validate_body(request)
-    gateway = await resolve_gateway(services, request, principal, inbound)
+    gateway = await resolve_gateway(
+        services, request.account_id, request.gateway_id, principal, inbound
+    )
     headers = choose_credentials(services, request.provider, inbound)
     target = services.providers[request.provider]
     url = f"{target.base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
@@ -71,7 +73,7 @@ async def proxy_native(
 
 
 async def authenticate(
-    services: Services, request: NativeRequest, inbound: InboundCredentials
+    services: Services, account_id: str, inbound: InboundCredentials
 ) -> Principal | None:
     """The caller's principal, with `run` on this account; None only for anonymous BYOK."""
     if inbound.token is None:
@@ -83,40 +85,48 @@ async def authenticate(
             code="missing_token",
         )
     principal = await services.tokens.verify(inbound.token)
-    authorize(principal, request.account_id, "run")
+    authorize(principal, account_id, "run")
     return principal
 
 
 def validate_body(request: NativeRequest) -> None:
     """JSON endpoints must get a JSON object; malformed input never reaches an upstream."""
-    if request.method != "POST" or not _JSON_ENDPOINTS.match(request.path):
-        return
-    content_type = next((v for k, v in request.headers if k == b"content-type"), b"")
+    if request.method == "POST" and _JSON_ENDPOINTS.match(request.path):
+        parse_json_object(request.headers, request.body, request.path)
+
+
+def parse_json_object(
+    headers: list[tuple[bytes, bytes]], body: bytes, path: str
+) -> dict[str, object]:
+    """The body as a JSON object, or a 400 saying what is wrong with it."""
+    content_type = next((v for k, v in headers if k == b"content-type"), b"")
     if not content_type.split(b";")[0].strip().lower() == b"application/json":
         raise InvalidRequest(
-            f"Expected 'content-type: application/json' for {request.path}, got "
+            f"Expected 'content-type: application/json' for {path}, got "
             f"'{content_type.decode('latin-1') or 'none'}'.",
             code="invalid_content_type",
         )
     try:
-        parsed = orjson.loads(request.body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
             f"The request body is not valid JSON: {exc}.", code="invalid_json"
         ) from None
     if not isinstance(parsed, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return parsed
 
 
 async def resolve_gateway(
     services: Services,
-    request: NativeRequest,
+    account_id: str,
+    gateway_id: str,
     principal: Principal | None,
     inbound: InboundCredentials,
 ) -> GatewayRecord:
     if principal is not None:
-        return await services.gateways.resolve(request.account_id, request.gateway_id)
-    gateway = await services.gateways.lookup(request.account_id, request.gateway_id)
+        return await services.gateways.resolve(account_id, gateway_id)
+    gateway = await services.gateways.lookup(account_id, gateway_id)
     if gateway is None or gateway.config.get("authentication", True):
         raise AuthenticationFailed(
             "This gateway requires a tollgate API token. Send it as "
@@ -163,7 +173,7 @@ async def relay(
         await send({"type": "http.response.body", "body": body})
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    watcher = asyncio.ensure_future(_close_on_disconnect(receive, response))
+    watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
     try:
         async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -182,7 +192,7 @@ async def relay(
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _close_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
+async def close_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     response.close()  # stops the relay loop and frees the upstream connection

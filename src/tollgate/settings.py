@@ -91,6 +91,10 @@ class UpstreamSettings(BaseModel):
     # Time to the response headers; a stream that has started may then run as long as it needs.
     first_byte_timeout_seconds: float = Field(300.0, gt=0)
     pool_size: int = Field(1000, ge=1)
+    # Image URLs the Unified API must download (Gemini needs the bytes) are refused when they
+    # resolve to loopback or private addresses, or use plain http, unless this is true.
+    allow_private_image_urls: bool = False
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
 
 class CustomProviderSettings(BaseModel):

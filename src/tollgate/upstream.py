@@ -11,13 +11,15 @@ response headers (the first byte); once a stream has started it may run as long 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from tollgate.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from tollgate.errors import GatewayError, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from tollgate.settings import UpstreamSettings
 
 # Headers that describe one hop or the old framing; never relayed in either direction.
@@ -135,6 +137,54 @@ class Upstream:
             else response.content_length,
             _response=response,
         )
+
+    async def fetch_image(self, url: str, *, allow_private: bool) -> tuple[bytes, str]:
+        """Download an image a client linked to; any failure is the client's 400."""
+        assert self._session is not None, "Upstream.start() was not called"
+        await _check_fetchable(url, allow_private=allow_private)
+        limit = self._settings.max_image_bytes
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout_seconds * 3):
+                async with self._session.get(url, allow_redirects=False) as response:
+                    if response.status != 200:
+                        raise _image_error(url, f"it answered HTTP {response.status}")
+                    media_type = response.headers.get("content-type", "").split(";")[0]
+                    if not media_type.startswith("image/"):
+                        raise _image_error(url, f"it is {media_type or 'not'} an image")
+                    body = await response.content.read(limit + 1)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _image_error(url, str(exc) or type(exc).__name__) from None
+        if len(body) > limit:
+            raise _image_error(url, f"it is larger than {limit} bytes")
+        return body, media_type
+
+
+async def _check_fetchable(url: str, *, allow_private: bool) -> None:
+    """Refuse plain http and addresses inside the gateway's network (SSRF) unless allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise _image_error(url, "only http(s) URLs can be fetched")
+    if allow_private:
+        return
+    if parts.scheme != "https":
+        raise _image_error(url, "only https image URLs are fetched")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise _image_error(url, f"its host does not resolve ({exc})") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise _image_error(url, "it points inside the gateway's own network")
+
+
+def _image_error(url: str, why: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The image at {url} could not be fetched: {why}. Send the image inline as a data: URL.",
+        code="image_fetch_failed",
+    )
 
 
 def _host(url: str) -> str:

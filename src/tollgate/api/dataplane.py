@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from starlette.types import Receive, Scope, Send
 
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
+from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
+from tollgate.unified import UnifiedRequest, proxy_unified
 from tollgate.upstream import Upstream
 
 _ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -42,9 +45,13 @@ class DataPlane:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`/v1/{account_id}/{gateway_id}/{provider or compat}/{path}`."""
         wire = "openai"
         try:
             route = parse_route(scope)
+            if route.provider == COMPAT:
+                await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat")
+                return
             wire = PROVIDERS[route.provider].wire
             body = await read_body(scope, receive, self.max_body)
             request = NativeRequest(
@@ -62,6 +69,72 @@ class DataPlane:
             )
         except GatewayError as error:
             await send_error(send, error, wire, self.extra_headers)
+
+    async def rest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`/client/v4/accounts/{account_id}/ai/{path}`: the gateway comes from a header."""
+        wire = "anthropic" if scope["path"].endswith("/ai/v1/messages") else "openai"
+        try:
+            route = parse_rest_route(scope)
+            await self._unified(scope, receive, send, route, REST_FORMATS, "rest")
+        except GatewayError as error:
+            await send_error(send, error, wire, self.extra_headers)
+
+    async def _unified(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: _Route,
+        formats: dict[str, ClientFormat],
+        surface: Literal["compat", "rest"],
+    ) -> None:
+        client = formats.get(route.path)
+        if client is None or scope["method"] != "POST":
+            known = ", ".join(f"POST {path}" for path in formats)
+            raise NotFound(
+                f"No such Unified API endpoint: {scope['method']} {route.path}. Known: {known}.",
+                code="route_not_found",
+            )
+        body = await read_body(scope, receive, self.max_body)
+        request = UnifiedRequest(
+            account_id=route.account_id,
+            gateway_id=route.gateway_id,
+            path=route.path,
+            headers=scope["headers"],
+            query=scope["query_string"],
+            body=body,
+            client=client,
+            surface=surface,
+        )
+        await proxy_unified(
+            self.services, self.upstream, request, receive, send, self.extra_headers
+        )
+
+
+COMPAT = "compat"
+COMPAT_FORMATS = {"chat/completions": OPENAI_CHAT}
+REST_FORMATS = {"v1/chat/completions": OPENAI_CHAT, "v1/messages": ANTHROPIC_MESSAGES}
+
+
+def parse_rest_route(scope: Scope) -> _Route:
+    parts = scope["path"].split("/", 6)  # ['', 'client', 'v4', 'accounts', account, 'ai', rest]
+    account_id, rest = parts[4], parts[6] if len(parts) == 7 else ""
+    if not _ACCOUNT_ID.match(account_id):
+        raise NotFound(
+            f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
+            code="account_not_found",
+        )
+    gateway_id = next(
+        (v.decode("latin-1") for k, v in scope["headers"] if k == b"cf-aig-gateway-id"),
+        "default",
+    )
+    if not _GATEWAY_ID.match(gateway_id):
+        raise InvalidRequest(
+            f"cf-aig-gateway-id '{gateway_id}' is not a gateway id: up to 64 characters of "
+            "a-z, 0-9, - and _.",
+            code="invalid_gateway_id",
+        )
+    return _Route(account_id, gateway_id, COMPAT, rest)
 
 
 def parse_route(scope: Scope) -> _Route:
@@ -84,7 +157,7 @@ def parse_route(scope: Scope) -> _Route:
             f"'{gateway_id}' is not a gateway id: up to 64 characters of a-z, 0-9, - and _.",
             code="gateway_not_found",
         )
-    if provider not in PROVIDERS:
+    if provider not in PROVIDERS and provider != COMPAT:
         raise NotFound(
             f"Unknown provider '{provider}'. Known providers: {', '.join(PROVIDERS)}.",
             code="provider_not_found",

@@ -1,0 +1,24 @@
+"""Pick the upstream adapter for a registry row (one instance per row, built on first use)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Literal, cast
+
+from tollgate.providers.anthropic import AnthropicAdapter
+from tollgate.providers.base import ProviderAdapter
+from tollgate.providers.google import GoogleAdapter
+from tollgate.providers.openai import OpenAIChatAdapter
+from tollgate.providers.registry import PROVIDERS
+
+MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
+
+
+@cache
+def adapter_for(slug: str) -> ProviderAdapter:
+    row = PROVIDERS[slug]
+    if row.wire == "anthropic":
+        return AnthropicAdapter(slug)
+    if row.wire == "google":
+        return GoogleAdapter(slug)
+    return OpenAIChatAdapter(slug, max_tokens_field=cast(MaxTokensField, row.max_tokens_field))

@@ -1,0 +1,290 @@
+"""The Unified API (`/compat`) and the REST surface (`/client/v4/accounts/{id}/ai/v1`), driven
+by the official SDKs against a live gateway whose providers are the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Gateway, Sim, managed_key
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+# One model per provider family: native OpenAI, Anthropic, Google, an OpenAI-compatible vendor.
+FAMILIES = [
+    ("openai/gpt-4o-mini", "/openai/v1/chat/completions", "authorization"),
+    ("anthropic/claude-sonnet-4-6", "/anthropic/v1/messages", "x-api-key"),
+    (
+        "google-ai-studio/gemini-2.5-flash",
+        "/google/v1beta/models/gemini-2.5-flash:",
+        "x-goog-api-key",
+    ),
+    ("groq/llama-3.3-70b-versatile", "/openai/v1/chat/completions", "authorization"),
+]
+
+
+def compat(gateway: Gateway, **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=gateway.account.token, base_url=gateway.base("compat"), max_retries=0, **kwargs
+    )  # type: ignore[arg-type]
+
+
+def upstream(sim: Sim) -> dict[str, object]:
+    seen = sim.requests()
+    assert len(seen) == 1, [r["path"] for r in seen]
+    return seen[0]
+
+
+@pytest.mark.parametrize(("model", "path", "key_header"), FAMILIES)
+def test_compat_chat_for_each_family(
+    gateway: Gateway, sim: Sim, model: str, path: str, key_header: str
+) -> None:
+    reply = compat(gateway).chat.completions.create(
+        model=model,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Say hello"},
+        ],
+        max_tokens=50,
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    request = upstream(sim)
+    assert str(request["path"]).startswith(path)
+    headers = request["headers"]
+    slug = model.split("/")[0]
+    assert gateway.account.token not in json.dumps(headers)
+    assert managed_key(slug) in headers[key_header]  # type: ignore[index]
+    body = json.loads(str(request["body"]))
+    assert model.split("/", 1)[1] in json.dumps(body) or model.split("/", 1)[1] in str(
+        request["path"]
+    )
+
+
+@pytest.mark.parametrize(("model", "path", "key_header"), FAMILIES)
+def test_compat_streaming_with_tools_for_each_family(
+    gateway: Gateway, sim: Sim, model: str, path: str, key_header: str
+) -> None:
+    stream = compat(gateway).chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                if call.function and call.function.name:
+                    entry["name"] = call.function.name
+                if call.function and call.function.arguments:
+                    entry["arguments"] += call.function.arguments
+    assert finish == "tool_calls"
+    assert calls[0]["name"] == "get_weather"
+    assert "city" in json.loads(calls[0]["arguments"])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_compat_tool_result_round_trip_to_anthropic(gateway: Gateway, sim: Sim) -> None:
+    reply = compat(gateway).chat.completions.create(
+        model="anthropic/claude-sonnet-4-6",
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21C"},
+        ],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    assert reply.choices[0].message.content
+    sent = json.loads(str(upstream(sim)["body"]))
+    assert sent["messages"][1]["content"][0]["type"] == "tool_use"
+    assert sent["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+def test_compat_model_without_provider_prefix_is_400(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        compat(gateway).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.code == "invalid_model"
+    assert "{provider}/{model}" in caught.value.message
+    assert sim.requests() == []
+
+
+def test_compat_unknown_provider_is_404(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        compat(gateway).chat.completions.create(
+            model="nope/some-model", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.code == "provider_not_found"
+    assert sim.requests() == []
+
+
+def test_compat_feature_the_provider_lacks_is_400(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        compat(gateway).chat.completions.create(
+            model="anthropic/claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "x"}],
+            n=2,
+        )
+    assert "n" in caught.value.message
+    assert sim.requests() == []
+
+
+def test_compat_unfetchable_image_url_is_400(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        compat(gateway).chat.completions.create(
+            model="google-ai-studio/gemini-2.5-flash",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://nonexistent.invalid/cat.png"},
+                        },
+                    ],
+                }
+            ],
+        )
+    assert caught.value.code == "image_fetch_failed"
+    assert sim.requests() == []
+
+
+def test_compat_upstream_error_keeps_status_and_message(gateway: Gateway, sim: Sim) -> None:
+    # Translated requests carry no client headers upstream, so the simulator's control rides
+    # on the model name.
+    with pytest.raises(openai.InternalServerError) as caught:
+        compat(gateway).chat.completions.create(
+            model="anthropic/claude-sonnet-4-6~error=529",
+            messages=[{"role": "user", "content": "x"}],
+        )
+    assert caught.value.status_code == 529
+    direct = httpx.post(
+        f"{sim.url}/anthropic/v1/messages",
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01", "x-sim-error": "529"},
+        json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    ).json()
+    assert caught.value.body["message"] == direct["error"]["message"]  # type: ignore[index]
+
+
+def test_compat_mid_stream_drop_becomes_an_in_band_error(gateway: Gateway, sim: Sim) -> None:
+    response = httpx.post(
+        f"{gateway.base('compat')}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.account.token}"},
+        json={
+            "model": "anthropic/claude-sonnet-4-6~drop-after=3",
+            "stream": True,
+            "messages": [{"role": "user", "content": "tell me a long story please"}],
+        },
+    )
+    assert response.status_code == 200
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2]
+
+
+def test_compat_client_own_key_is_sent_the_providers_way(gateway: Gateway, sim: Sim) -> None:
+    client = openai.OpenAI(
+        api_key="sk-ant-own-key",
+        base_url=gateway.base("compat"),
+        max_retries=0,
+        default_headers={"cf-aig-authorization": f"Bearer {gateway.account.token}"},
+    )
+    client.chat.completions.create(
+        model="anthropic/claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}]
+    )
+    headers = upstream(sim)["headers"]
+    assert headers["x-api-key"] == "sk-ant-own-key"  # type: ignore[index]
+    assert "authorization" not in headers  # type: ignore[operator]
+
+
+def rest_base(gateway: Gateway) -> str:
+    return f"{gateway.url}/client/v4/accounts/{gateway.account.account_id}/ai/v1"
+
+
+@pytest.mark.parametrize(
+    "model", ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-6", "google/gemini-2.5-flash"]
+)
+def test_rest_chat_completions_with_the_openai_sdk(gateway: Gateway, sim: Sim, model: str) -> None:
+    client = openai.OpenAI(
+        api_key=gateway.account.token, base_url=rest_base(gateway), max_retries=0
+    )
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert reply.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+@pytest.mark.parametrize(
+    "model", ["anthropic/claude-sonnet-4-6", "openai/gpt-4o-mini", "google/gemini-2.5-flash"]
+)
+def test_rest_messages_with_the_anthropic_sdk(gateway: Gateway, sim: Sim, model: str) -> None:
+    client = anthropic.Anthropic(
+        api_key=gateway.account.token,
+        base_url=rest_base(gateway).removesuffix("/v1"),
+        max_retries=0,
+    )
+    message = client.messages.create(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert message.content[0].type == "text" and message.content[0].text  # type: ignore[union-attr]
+    assert message.usage.output_tokens > 0
+    with client.messages.stream(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "hello"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason in ("end_turn", "max_tokens")
+
+
+def test_rest_gateway_is_chosen_by_header(gateway: Gateway, sim: Sim) -> None:
+    client = openai.OpenAI(
+        api_key=gateway.account.token,
+        base_url=rest_base(gateway),
+        max_retries=0,
+        default_headers={"cf-aig-gateway-id": "missing-gateway"},
+    )
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.code == "gateway_not_found"
+    assert sim.requests() == []
