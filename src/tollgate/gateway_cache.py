@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+from tollgate.cache import RefreshingCache
 from tollgate.errors import NotFound
 from tollgate.gateway_config import default_gateway_config
 from tollgate.store import GatewayRecord, Store
@@ -13,17 +12,17 @@ DEFAULT_GATEWAY_ID = "default"
 
 
 class GatewayCache:
-    """Resolves (account, gateway id) to its record, caching for `ttl` seconds.
+    """Resolves (account, gateway id) to its record through a `RefreshingCache`.
 
     Changes made through this process call `invalidate` and are seen at once; other processes
-    see them within `ttl`.
+    see them within `2 * ttl` (see `tollgate.cache`).
     """
 
     def __init__(self, store: Store, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
         self._store = store
-        self._ttl = ttl
-        self._max = max_entries
-        self._cache: dict[tuple[str, str], tuple[float, GatewayRecord]] = {}
+        self._cache: RefreshingCache[tuple[str, str], GatewayRecord | NotFound] = RefreshingCache(
+            self._load, ttl=ttl, max_entries=max_entries
+        )
 
     async def resolve(self, account_id: str, gateway_id: str) -> GatewayRecord:
         """The gateway, creating `default` if absent; 404 for any other missing gateway.
@@ -31,35 +30,34 @@ class GatewayCache:
         Call only after the caller is authenticated: only an authenticated request may create
         the `default` gateway.
         """
-        key = (account_id, gateway_id)
-        cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] <= self._ttl:
-            return cached[1]
-        if gateway_id == DEFAULT_GATEWAY_ID:
-            record = await gateway_repo.ensure_gateway(
-                self._store, account_id, gateway_id, default_gateway_config(), is_default=True
-            )
-        else:
-            found = await gateway_repo.get_gateway(self._store, account_id, gateway_id)
-            if found is None:
-                raise NotFound(
-                    f"Gateway '{gateway_id}' does not exist in this account. Create it with "
-                    f"POST /client/v4/accounts/{account_id}/ai-gateway/gateways, "
-                    "or use the 'default' gateway.",
-                    code="gateway_not_found",
-                )
-            record = found
-        if len(self._cache) >= self._max:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic(), record)
-        return record
+        found = await self._cache.get((account_id, gateway_id))
+        if isinstance(found, NotFound):
+            # A fresh exception each time: re-raising the cached one would grow its traceback.
+            raise NotFound(found.message, code=found.code)
+        return found
 
     async def lookup(self, account_id: str, gateway_id: str) -> GatewayRecord | None:
         """The gateway if it exists; never creates one (for unauthenticated callers)."""
-        cached = self._cache.get((account_id, gateway_id))
-        if cached is not None and time.monotonic() - cached[0] <= self._ttl:
-            return cached[1]
+        cached = self._cache.peek((account_id, gateway_id))
+        if isinstance(cached, GatewayRecord):
+            return cached
         return await gateway_repo.get_gateway(self._store, account_id, gateway_id)
 
     def invalidate(self, account_id: str, gateway_id: str) -> None:
-        self._cache.pop((account_id, gateway_id), None)
+        self._cache.invalidate((account_id, gateway_id))
+
+    async def _load(self, key: tuple[str, str]) -> GatewayRecord | NotFound:
+        account_id, gateway_id = key
+        if gateway_id == DEFAULT_GATEWAY_ID:
+            return await gateway_repo.ensure_gateway(
+                self._store, account_id, gateway_id, default_gateway_config(), is_default=True
+            )
+        found = await gateway_repo.get_gateway(self._store, account_id, gateway_id)
+        if found is not None:
+            return found
+        return NotFound(
+            f"Gateway '{gateway_id}' does not exist in this account. Create it with "
+            f"POST /client/v4/accounts/{account_id}/ai-gateway/gateways, "
+            "or use the 'default' gateway.",
+            code="gateway_not_found",
+        )

@@ -23,6 +23,7 @@ from starlette.types import Receive, Send
 from tollgate.canonical import ChatRequest, image_urls_to_fetch, with_fetched_images
 from tollgate.client_formats import ClientFormat
 from tollgate.credentials import InboundCredentials, managed_key_header, split_credentials
+from tollgate.embeddings import gemini_embeddings_call, openai_embeddings_from_gemini
 from tollgate.errors import InvalidRequest, NotFound
 from tollgate.pipeline import (
     authenticate,
@@ -102,6 +103,61 @@ async def proxy_unified(
         body=call.body,
     )
     await relay_translated(adapter, request.client, chat, response, receive, send, extra_headers)
+
+
+async def proxy_embeddings(
+    services: Services,
+    upstream: Upstream,
+    request: UnifiedRequest,
+    receive: Receive,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """`/compat/embeddings`: relayed to OpenAI-format providers, translated for Gemini."""
+    inbound = split_credentials(request.headers, request.query)
+    principal = await authenticate(services, request.account_id, inbound)
+    payload = parse_json_object(request.headers, request.body, request.path)
+    row, model = route_model(payload.get("model"))
+    if row.wire == "anthropic":
+        raise InvalidRequest(
+            f"{row.slug} has no embeddings API; use an openai/ or google-ai-studio/ model.",
+            code="unsupported_feature",
+            param="model",
+        )
+    call = gemini_embeddings_call(model, payload) if row.wire == "google" else None
+    await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
+    target = services.providers.get(row.slug)
+    auth = managed_key_header(row.auth, credential(target, row, inbound, request.surface))
+    assert target is not None
+    if call is None:
+        payload["model"] = model
+        response = await upstream.send(
+            provider=row.slug,
+            method="POST",
+            url=f"{target.base_url}/{row.api_prefix}embeddings",
+            headers=[("content-type", "application/json"), auth],
+            body=orjson.dumps(payload),
+        )
+        await relay(response, receive, send, extra_headers)
+        return
+    response = await upstream.send(
+        provider=row.slug,
+        method=call.method,
+        url=f"{target.base_url}/{call.path}",
+        headers=[("content-type", "application/json"), auth],
+        body=call.body,
+    )
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    if response.status >= 400:
+        info = adapter_for(row.slug).parse_error(response.status, body)
+        rendered = request.client.render_error_body(info.status, info.type, info.message)
+        await _send_json(send, info.status, orjson.dumps(rendered), extra_headers)
+        return
+    result = openai_embeddings_from_gemini(model, payload, body)
+    await _send_json(send, 200, orjson.dumps(result), extra_headers)
 
 
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})

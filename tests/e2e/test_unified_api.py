@@ -288,3 +288,28 @@ def test_rest_gateway_is_chosen_by_header(gateway: Gateway, sim: Sim) -> None:
         )
     assert caught.value.code == "gateway_not_found"
     assert sim.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("openai/text-embedding-3-small", "/openai/v1/embeddings"),
+        (
+            "google-ai-studio/gemini-embedding-001",
+            "/google/v1beta/models/gemini-embedding-001:batchEmbedContents",
+        ),
+    ],
+)
+def test_compat_embeddings(gateway: Gateway, sim: Sim, model: str, path: str) -> None:
+    result = compat(gateway).embeddings.create(model=model, input=["first text", "second text"])
+    assert [item.index for item in result.data] == [0, 1]
+    assert len(result.data[0].embedding) > 0
+    assert result.usage.prompt_tokens > 0
+    assert upstream(sim)["path"] == path
+
+
+def test_compat_embeddings_for_a_provider_without_them_is_400(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        compat(gateway).embeddings.create(model="anthropic/claude-sonnet-4-6", input="x")
+    assert caught.value.code == "unsupported_feature"
+    assert sim.requests() == []

@@ -8,9 +8,9 @@ plain hash is enough, and no pepper can be lost). Verification compares hashes w
 Operator tokens generated at first start look like `tgop_<16 hex id><43 chars>` and live in their
 own table; a configured `operator.admin_token` is compared directly.
 
-The hot path never waits on the database for a token it has seen in the last `ttl` seconds.
+The hot path never waits on the database for a token it has seen recently (`tollgate.cache`).
 Revocation and account changes made through this process drop the cache entry at once; other
-processes see them within `ttl`.
+processes see them within `2 * ttl`. The cache is keyed by the token itself, in memory only.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tollgate.cache import RefreshingCache
 from tollgate.errors import AuthenticationFailed, PermissionDenied
 from tollgate.store import Store
 from tollgate.store import accounts as account_repo
@@ -76,26 +76,20 @@ def bearer_value(header: str | None) -> str | None:
 
 
 class TokenVerifier:
-    """Verifies account tokens, caching results for `ttl` seconds (bounded in size)."""
+    """Verifies account tokens through a `RefreshingCache` (see `tollgate.cache`)."""
 
     def __init__(self, store: Store, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
         self._store = store
-        self._ttl = ttl
-        self._max = max_entries
-        self._cache: dict[str, tuple[float, Principal | AuthenticationFailed]] = {}
+        self._cache: RefreshingCache[str, Principal | AuthenticationFailed] = RefreshingCache(
+            self._lookup, ttl=ttl, max_entries=max_entries
+        )
 
     async def verify(self, token: str) -> Principal:
         """Return the token's principal or raise `AuthenticationFailed` (401)."""
-        digest = hash_token(token)
-        cached = self._cache.get(digest)
-        if cached is None or time.monotonic() - cached[0] > self._ttl:
-            cached = (time.monotonic(), await self._lookup(token, digest))
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[digest] = cached
-        outcome = cached[1]
+        outcome = await self._cache.get(token)
         if isinstance(outcome, AuthenticationFailed):
-            raise outcome
+            # A fresh exception each time: re-raising the cached one would grow its traceback.
+            raise AuthenticationFailed(outcome.message, code=outcome.code)
         if outcome.expires_at is not None and outcome.expires_at <= datetime.now(UTC):
             raise AuthenticationFailed(
                 "This API token has expired. Create a new token and use it instead.",
@@ -103,7 +97,7 @@ class TokenVerifier:
             )
         return outcome
 
-    async def _lookup(self, token: str, digest: str) -> Principal | AuthenticationFailed:
+    async def _lookup(self, token: str) -> Principal | AuthenticationFailed:
         invalid = AuthenticationFailed(
             "The API token is not valid. Check that you copied the whole tg_... token.",
             code="invalid_token",
@@ -111,7 +105,7 @@ class TokenVerifier:
         if not token.startswith(TOKEN_PREFIX) or len(token) < len(TOKEN_PREFIX) + _ID_LEN + 16:
             return invalid
         row = await token_repo.get_token(self._store, token[len(TOKEN_PREFIX) :][:_ID_LEN])
-        if row is None or not hmac.compare_digest(row.token_hash, digest):
+        if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)):
             return invalid
         if row.revoked_at is not None:
             return AuthenticationFailed(
@@ -129,15 +123,15 @@ class TokenVerifier:
 
     def forget_token(self, token_id: str) -> None:
         """Drop a token from the cache (after revocation)."""
-        for digest, (_, outcome) in list(self._cache.items()):
-            if isinstance(outcome, Principal) and outcome.token_id == token_id:
-                del self._cache[digest]
+        self._cache.invalidate_where(
+            lambda _, outcome: isinstance(outcome, Principal) and outcome.token_id == token_id
+        )
 
     def forget_account(self, account_id: str) -> None:
         """Drop every cached token of an account (after it is disabled or enabled)."""
-        for digest, (_, outcome) in list(self._cache.items()):
-            if isinstance(outcome, Principal) and outcome.account_id == account_id:
-                del self._cache[digest]
+        self._cache.invalidate_where(
+            lambda _, outcome: isinstance(outcome, Principal) and outcome.account_id == account_id
+        )
 
 
 def authorize(principal: Principal, account_id: str, permission: str) -> None:

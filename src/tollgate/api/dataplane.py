@@ -18,7 +18,7 @@ from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLa
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
-from tollgate.unified import UnifiedRequest, proxy_unified
+from tollgate.unified import UnifiedRequest, proxy_embeddings, proxy_unified
 from tollgate.upstream import Upstream
 
 _ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -106,13 +106,12 @@ class DataPlane:
             client=client,
             surface=surface,
         )
-        await proxy_unified(
-            self.services, self.upstream, request, receive, send, self.extra_headers
-        )
+        handler = proxy_embeddings if route.path == "embeddings" else proxy_unified
+        await handler(self.services, self.upstream, request, receive, send, self.extra_headers)
 
 
 COMPAT = "compat"
-COMPAT_FORMATS = {"chat/completions": OPENAI_CHAT}
+COMPAT_FORMATS = {"chat/completions": OPENAI_CHAT, "embeddings": OPENAI_CHAT}
 REST_FORMATS = {"v1/chat/completions": OPENAI_CHAT, "v1/messages": ANTHROPIC_MESSAGES}
 
 

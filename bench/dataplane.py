@@ -1,0 +1,529 @@
+"""Data-plane benchmark: tollgate against direct calls to the same zero-delay upstream, one run.
+
+Topology on the 2-core machine (shared/reference/performance.md §6): the gateway is pinned to
+CPU 1; the nginx mock upstream and wrk share CPU 0. For each row (concurrency, streaming or not)
+the two arms run interleaved (direct, gateway, direct, gateway, ...) after a discarded warm-up,
+and the report gives medians over rounds. "Added" latency is the median over rounds of the paired
+difference (gateway - direct) of that round's percentile.
+
+Run it with `make bench` (bench/run.sh installs nginx and wrk first). Options are environment
+variables: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP, BENCH_CONCURRENCY, BENCH_STREAM_CONCURRENCY.
+Exit status 1 when the gateway failed any request under load (the report says which and how).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import report
+import upstream_mock
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+RESULTS = BENCH / "results"
+PID_FILE = WORK / "pids"
+LUA = BENCH / "post.lua"
+NGINX_TEMPLATE = BENCH / "nginx.conf.template"
+
+LOAD_CPU = 0  # nginx + wrk
+GATEWAY_CPU = 1
+UPSTREAM_KEY = "sk-bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: int
+    rounds: int
+    warmup: int
+    concurrency: tuple[int, ...]
+    stream_concurrency: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        def positive(name: str, default: str) -> int:
+            value = int(env.get(name) or default)
+            if value < 1:
+                raise SystemExit(f"{name} must be a positive integer (got {value})")
+            return value
+
+        levels = (env.get("BENCH_CONCURRENCY") or "1,16,64").split(",")
+        return cls(
+            seconds=positive("BENCH_SECONDS", "8"),
+            rounds=positive("BENCH_ROUNDS", "3"),
+            warmup=positive("BENCH_WARMUP", "2"),
+            concurrency=tuple(int(c) for c in levels),
+            stream_concurrency=positive("BENCH_STREAM_CONCURRENCY", "16"),
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the report."""
+
+    name: str
+    connections: int
+    stream: bool
+
+    @property
+    def body(self) -> str:
+        return upstream_mock.compact(
+            upstream_mock.STREAM_REQUEST if self.stream else upstream_mock.REQUEST
+        )
+
+    @property
+    def expected(self) -> str:
+        return upstream_mock.sse_stream() if self.stream else upstream_mock.chat_completion()
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # "direct" or "gateway"
+    url: str
+    auth: str
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every long-lived process the runner starts; `stop_all` ends them.
+
+    Each pid is also listed in bench/.work/pids with a marker, for run.sh's EXIT trap.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        PID_FILE.write_text("")
+
+    def start(self, argv: list[str], *, marker: str, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self._procs.append(proc)
+        with PID_FILE.open("a") as pids:
+            pids.write(f"{proc.pid} {marker}\n")
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        PID_FILE.write_text("")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, what: str
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}; log {log}:\n{tail(log)}")
+        with contextlib.suppress(OSError):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not become ready in 60 s; log {log}:\n{tail(log)}")
+
+
+def start_nginx(procs: Processes, port: int) -> subprocess.Popen[bytes]:
+    (WORK / "nginx-tmp").mkdir(parents=True, exist_ok=True)
+    conf = WORK / "nginx.conf"
+    conf.write_text(upstream_mock.nginx_conf(NGINX_TEMPLATE, WORK, port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    error_log = WORK / "nginx-error.log"
+    argv = ["taskset", "-c", str(LOAD_CPU), nginx, "-p", str(WORK), "-c", str(conf)]
+    proc = procs.start([*argv, "-e", str(error_log)], marker="nginx", log=WORK / "nginx.log")
+
+    def ready() -> bool:
+        return post(f"http://127.0.0.1:{port}/v1/chat/completions", "{}", "")[0] == 200
+
+    wait_until(ready, proc, error_log, "nginx")
+    return proc
+
+
+def start_gateway(
+    procs: Processes, port: int, nginx_port: int
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    data_dir = WORK / "gw"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    argv = ["taskset", "-c", str(GATEWAY_CPU), sys.executable, str(BENCH / "serve_gateway.py")]
+    argv += ["--port", str(port), "--data-dir", str(data_dir)]
+    argv += ["--upstream", f"http://127.0.0.1:{nginx_port}/v1"]
+    argv += ["--stream-upstream", f"http://127.0.0.1:{nginx_port}/stream/v1"]
+    log = WORK / "gateway.log"
+    proc = procs.start(argv, marker="serve_gateway.py", log=log)
+
+    def ready() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+    wait_until(ready, proc, log, "the gateway")
+    return proc, json.loads((data_dir / "credentials.json").read_text())
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its direct children (nginx: the master and its worker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(c) for c in children)]
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def post(url: str, body: str, auth: str) -> tuple[int, dict[str, str], bytes]:
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": auth}
+        conn.request("POST", "/" + path, body.encode(), headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def core_ticks() -> dict[str, tuple[int, int, int]]:
+    """Per CPU: (busy ticks, user+nice+system ticks, total ticks) from /proc/stat."""
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(f) for f in fields[:8]]
+            ticks[name[3:]] = (sum(v) - v[3] - v[4], v[0] + v[1] + v[2], sum(v))
+    return ticks
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of whole processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_memory_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class CpuMeter:
+    """CPU time of the machine's cores and of each process in the benchmark, over one run."""
+
+    def __init__(self, gateway: list[int], nginx: list[int]) -> None:
+        self.pids = {"gateway": gateway, "nginx": nginx}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "wall": time.monotonic(),
+            "cores": core_ticks(),
+            "wrk": children_cpu_seconds(),  # wrk is the only child reaped during a run
+            **{name: process_cpu_seconds(pids) for name, pids in self.pids.items()},
+        }
+
+    @staticmethod
+    def usage(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        wall = after["wall"] - before["wall"]
+        cores, accounted = {}, 0.0
+        for cpu, (busy, user_sys, total) in after["cores"].items():
+            b_busy, b_user_sys, b_total = before["cores"][cpu]
+            span = (total - b_total) or 1
+            cores[cpu] = round(100.0 * (busy - b_busy) / span, 1)
+            accounted += 100.0 * (user_sys - b_user_sys) / span
+        out: dict[str, Any] = {"core_busy_pct": cores, "wall_s": round(wall, 3)}
+        for name in ("wrk", "nginx", "gateway"):
+            out[f"{name}_cpu_s"] = round(after[name] - before[name], 3)
+            out[f"{name}_pct"] = round(100.0 * out[f"{name}_cpu_s"] / wall, 1)
+        known = out["wrk_pct"] + out["nginx_pct"] + out["gateway_pct"]
+        out["other_pct"] = round(max(0.0, accounted - known), 1)
+        return out
+
+
+def run_wrk(arm: Arm, cell: Cell, seconds: int, meter: CpuMeter) -> dict[str, Any]:
+    argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{cell.connections}"]
+    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), arm.url]
+    env = {**os.environ, "BENCH_BODY": cell.body, "BENCH_AUTH": arm.auth}
+    before = meter.snapshot()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = CpuMeter.usage(before, meter.snapshot())
+    line = next((s for s in done.stdout.splitlines() if s.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["cpu"] = cpu
+    if arm.name == "gateway" and result["requests"]:
+        result["gateway_cpu_us_per_req"] = round(1e6 * cpu["gateway_cpu_s"] / result["requests"])
+    errors = result["errors"]
+    socket_errors = sum(v for k, v in errors.items() if k != "status")
+    result["failed"] = sum(result["bad_statuses"].values()) + socket_errors
+    return result
+
+
+def check_arm(arm: Arm, cell: Cell) -> dict[str, Any]:
+    """One request before measuring: the arm must answer 200 with the canned body, unchanged."""
+    status, headers, body = post(arm.url, cell.body, arm.auth)
+    text = body.decode(errors="replace")
+    if status != 200 or text != cell.expected:
+        raise SystemExit(
+            f"the {arm.name} arm of '{cell.name}' answered HTTP {status} with a body that is "
+            f"not the canned one.\nheaders: {headers}\nbody: {text[:2000]}"
+        )
+    return {"status": status, "content_type": headers.get("content-type"), "bytes": len(body)}
+
+
+def measure_cell(cell: Cell, arms: list[Arm], config: Config, meter: CpuMeter) -> dict[str, Any]:
+    for arm in arms:  # warm-up, discarded
+        run_wrk(arm, cell, config.warmup, meter)
+    rounds = []
+    for i in range(config.rounds):
+        results = {}
+        for arm in arms:
+            r = results[arm.name] = run_wrk(arm, cell, config.seconds, meter)
+            print(
+                f"  {cell.name:<16} round {i + 1}/{config.rounds} {arm.name:<7} "
+                f"{r['rps']:>9,.0f} rps  p50 {report.ms(r['latency_us']['p50']):>7} ms  "
+                f"p99 {report.ms(r['latency_us']['p99']):>7} ms  failed {r['failed']}  "
+                f"other load {r['cpu']['other_pct']:.0f}%",
+                flush=True,
+            )
+        rounds.append(results)
+    return {"cell": asdict(cell), "rounds": rounds, "summary": summarize(rounds)}
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    def median(arm: str, get: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(get(r[arm]) for r in rounds)
+
+    def paired(p: str) -> float:
+        return statistics.median(
+            r["gateway"]["latency_us"][p] - r["direct"]["latency_us"][p] for r in rounds
+        )
+
+    ratios = [r["gateway"]["rps"] / r["direct"]["rps"] for r in rounds]
+    summary: dict[str, Any] = {"rps_ratio": statistics.median(ratios)}
+    for arm in ("direct", "gateway"):
+        summary[f"rps_{arm}"] = median(arm, lambda r: r["rps"])
+        summary[f"rps_{arm}_range"] = [
+            min(r[arm]["rps"] for r in rounds),
+            max(r[arm]["rps"] for r in rounds),
+        ]
+        for p in ("p50", "p90", "p99"):
+            summary[f"{p}_{arm}_us"] = median(arm, lambda r, p=p: r["latency_us"][p])
+        summary[f"failed_{arm}"] = sum(r[arm]["failed"] for r in rounds)
+    for p in ("p50", "p90", "p99"):
+        summary[f"{p}_added_us"] = paired(p)
+    summary["gateway_cpu_us_per_req"] = median("gateway", lambda r: r["gateway_cpu_us_per_req"])
+    summary["gateway_cpu_pct"] = median("gateway", lambda r: r["cpu"]["gateway_pct"])
+    return summary
+
+
+# --- environment and machine state -------------------------------------------------------------
+
+
+def wait_for_idle(limit_pct: float = 15.0, max_wait: float = 20.0) -> dict[str, Any]:
+    """Sample CPU busy over 1 s until it is under `limit_pct` on average (at most `max_wait`)."""
+    started = time.monotonic()
+    while True:
+        before = core_ticks()
+        time.sleep(1)
+        after = core_ticks()
+        cores = {
+            cpu: round(100.0 * (a[0] - b[0]) / ((a[2] - b[2]) or 1), 1)
+            for (cpu, a), b in zip(after.items(), before.values(), strict=True)
+        }
+        busy = sum(cores.values()) / len(cores)
+        if busy < limit_pct or time.monotonic() - started > max_wait:
+            break
+    return {
+        "cpu_busy_pct": round(busy, 1),
+        "per_core_busy_pct": cores,
+        "waited_s": round(time.monotonic() - started, 1),
+        "idle": busy < limit_pct,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def environment() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    commit = first_line(["git", "rev-parse", "--short", "HEAD"])
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    ).stdout
+    dirty = [line[3:] for line in status.splitlines() if line.strip()]
+    versions = {}
+    for package in ("tollgate", "uvicorn", "aiohttp", "uvloop", "httptools", "starlette", "orjson"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": commit + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else ""),
+        "cpu_model": models[0] if models else platform.processor(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "nginx": first_line(["nginx", "-v"]).removeprefix("nginx version: "),
+        "wrk": first_line(["wrk", "-v"]).split(" [")[0],
+    }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def cells_for(config: Config) -> list[Cell]:
+    cells = [Cell(f"non-stream c={c}", c, stream=False) for c in config.concurrency]
+    c = config.stream_concurrency
+    return [*cells, Cell(f"stream c={c}", c, stream=True)]
+
+
+def arms_for(cell: Cell, nginx_port: int, gateway_port: int, creds: dict[str, str]) -> list[Arm]:
+    """Direct to nginx, and through the gateway to the same nginx location.
+
+    The streaming row goes through the `groq` slug, which serve_gateway.py points at nginx's
+    streaming path: same OpenAI-wire code path, different canned answer.
+    """
+    upstream_path = "stream/v1" if cell.stream else "v1"
+    provider = "groq" if cell.stream else "openai"
+    direct = f"http://127.0.0.1:{nginx_port}/{upstream_path}/chat/completions"
+    gateway = (
+        f"http://127.0.0.1:{gateway_port}/v1/{creds['account_id']}/default/{provider}"
+        "/chat/completions"
+    )
+    return [
+        Arm("direct", direct, f"Bearer {UPSTREAM_KEY}"),
+        Arm("gateway", gateway, f"Bearer {creds['token']}"),
+    ]
+
+
+def run(config: Config, procs: Processes) -> dict[str, Any]:
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("this benchmark pins the gateway and the load to separate CPUs: needs 2")
+    idle = wait_for_idle()
+    print(
+        f"load average {' '.join(idle['loadavg'])}; CPU busy {idle['cpu_busy_pct']}% "
+        f"(per core {idle['per_core_busy_pct']})" + ("" if idle["idle"] else "  ** NOT IDLE **"),
+        flush=True,
+    )
+    nginx_port, gateway_port = free_port(), free_port()
+    nginx = start_nginx(procs, nginx_port)
+    gateway, creds = start_gateway(procs, gateway_port, nginx_port)
+    meter = CpuMeter(gateway=[gateway.pid], nginx=process_tree(nginx.pid))
+    plan = [(cell, arms_for(cell, nginx_port, gateway_port, creds)) for cell in cells_for(config)]
+    checks = {cell.name: {arm.name: check_arm(arm, cell) for arm in arms} for cell, arms in plan}
+    idle_rss = process_memory_kib(gateway.pid)["VmRSS"]
+    cells = [measure_cell(cell, arms, config, meter) for cell, arms in plan]
+    final = process_memory_kib(gateway.pid)
+    return {
+        "config": asdict(config),
+        "pinning": {"gateway": GATEWAY_CPU, "load": LOAD_CPU},
+        "idle": idle,
+        "checks": checks,
+        "cells": cells,
+        "memory": {
+            "idle_rss_kib": idle_rss,
+            "final_rss_kib": final["VmRSS"],
+            "peak_rss_kib": final["VmHWM"],
+        },
+    }
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # run.sh starts us with it ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    config = Config.from_env(os.environ)
+    WORK.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    print(f"tollgate data-plane benchmark, commit {env['commit']}, {config}", flush=True)
+    procs = Processes()
+    try:
+        result = run(config, procs)
+    finally:
+        procs.stop_all()
+    result["env"] = env
+    markdown = report.render(result)
+    print("\n" + markdown)
+    stamp = datetime.now(UTC)
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stamp:%Y-%m-%d}-dataplane.md"
+    out.write_text(markdown)
+    raw = RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-dataplane.json"
+    raw.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out.relative_to(ROOT)} and {raw.relative_to(ROOT)}")
+    failed = sum(c["summary"]["failed_gateway"] for c in result["cells"])
+    if failed:
+        print(f"FAILED: the gateway failed {failed} requests under load; see 'Errors under load'")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

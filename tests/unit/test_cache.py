@@ -1,0 +1,85 @@
+"""The hot-path cache: single flight, refresh ahead, and invalidation that sticks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tollgate.cache import RefreshingCache
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.value = "v1"
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, key: str) -> str:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return f"{key}:{self.value}"
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    loader = Loader()
+    loader.gate = asyncio.Event()
+    cache: RefreshingCache[str, str] = RefreshingCache(loader, ttl=60)
+    waiting = [asyncio.ensure_future(cache.get("k")) for _ in range(50)]
+    await asyncio.sleep(0)
+    loader.gate.set()
+    assert set(await asyncio.gather(*waiting)) == {"k:v1"}
+    assert loader.calls == 1
+
+
+async def test_expired_entry_is_served_while_one_refresh_runs() -> None:
+    loader = Loader()
+    cache: RefreshingCache[str, str] = RefreshingCache(loader, ttl=0.05)
+    assert await cache.get("k") == "k:v1"
+    await asyncio.sleep(0.06)
+    loader.value = "v2"
+    results = await asyncio.gather(*(cache.get("k") for _ in range(20)))
+    assert set(results) == {"k:v1"}  # nobody waited on the reload
+    await asyncio.sleep(0.01)
+    assert await cache.get("k") == "k:v2"
+    assert loader.calls == 2
+
+
+async def test_entries_too_old_are_not_served_stale() -> None:
+    loader = Loader()
+    cache: RefreshingCache[str, str] = RefreshingCache(loader, ttl=0.02)
+    await cache.get("k")
+    await asyncio.sleep(0.05)  # older than 2 * ttl
+    loader.value = "v2"
+    assert await cache.get("k") == "k:v2"
+
+
+async def test_invalidation_during_a_load_is_not_undone_by_it() -> None:
+    loader = Loader()
+    loader.gate = asyncio.Event()
+    cache: RefreshingCache[str, str] = RefreshingCache(loader, ttl=60)
+    pending = asyncio.ensure_future(cache.get("k"))
+    await asyncio.sleep(0)
+    cache.invalidate("k")  # e.g. the token was revoked while its lookup was in flight
+    loader.gate.set()
+    await pending
+    loader.gate = None
+    loader.value = "v2"
+    assert await cache.get("k") == "k:v2"  # the in-flight result was not kept
+
+
+async def test_a_failed_load_is_raised_and_not_cached() -> None:
+    calls = 0
+
+    async def flaky(key: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("database unreachable")
+        return "ok"
+
+    cache: RefreshingCache[str, str] = RefreshingCache(flaky, ttl=60)
+    with pytest.raises(OSError):
+        await cache.get("k")
+    assert await cache.get("k") == "ok"
