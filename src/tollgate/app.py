@@ -139,6 +139,7 @@ class TollgateApp:
                     slug, conf.base_url, conf.api_key.get_secret_value() if conf.api_key else None
                 )
                 for slug, conf in services.settings.providers.items()
+                if conf.base_url is not None
             }
         await self.upstream.start()
         stack.push_async_callback(self.upstream.close)

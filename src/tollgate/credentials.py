@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from tollgate.api.auth import bearer_value, looks_like_token
-from tollgate.providers.registry import AuthStyle
+from tollgate.errors import InvalidRequest
+from tollgate.providers.registry import AuthStyle, ProviderRow
+from tollgate.services import UpstreamTarget
 from tollgate.upstream import HOP_BY_HOP
 
 _PROVIDER_KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
@@ -66,6 +68,30 @@ def split_credentials(raw_headers: list[tuple[bytes, bytes]], query: bytes) -> I
         query_text = urlencode(kept)
     return InboundCredentials(
         token or fallback_token, provider_key, forwarded, query_text, key_value
+    )
+
+
+def upstream_auth(
+    row: ProviderRow, target: UpstreamTarget | None, client_key: str | None = None
+) -> list[tuple[str, str]]:
+    """The credential header for the upstream: the client's own key when it sent one (carried
+    the provider's way), else the operator's managed key. A provider this gateway has no
+    configuration for, or no managed key for, is refused before anything is sent."""
+    if target is None:
+        raise _unavailable(row)
+    key = client_key or target.api_key
+    if key:
+        return [managed_key_header(row.auth, key)]
+    if row.key_required:
+        raise _unavailable(row)
+    return []  # e.g. the operator's own inference server, which takes no key
+
+
+def _unavailable(row: ProviderRow) -> InvalidRequest:
+    return InvalidRequest(
+        f"The provider {row.slug} is not available through Unified Billing on this gateway. "
+        "Send your own provider key with the request.",
+        code="unified_billing_unavailable",
     )
 
 

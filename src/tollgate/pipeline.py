@@ -16,7 +16,7 @@ import orjson
 from starlette.types import Receive, Send
 
 from tollgate.api.auth import Principal, authorize
-from tollgate.credentials import InboundCredentials, managed_key_header, split_credentials
+from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
 from tollgate.errors import AuthenticationFailed, InvalidRequest
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
@@ -140,16 +140,10 @@ def choose_credentials(
     services: Services, provider: str, inbound: InboundCredentials
 ) -> list[tuple[str, str]]:
     """The client's own provider key passes through; otherwise the managed key is injected."""
+    target = services.providers.get(provider)
     if inbound.provider_key:
         return inbound.headers
-    target = services.providers.get(provider)
-    if target is None or not target.api_key:
-        raise InvalidRequest(
-            f"The provider {provider} is not available through Unified Billing on this gateway. "
-            "Send your own provider key with the request.",
-            code="unified_billing_unavailable",
-        )
-    return [*inbound.headers, managed_key_header(PROVIDERS[provider].auth, target.api_key)]
+    return [*inbound.headers, *upstream_auth(PROVIDERS[provider], target)]
 
 
 async def relay(

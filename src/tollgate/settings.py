@@ -72,10 +72,15 @@ class BillingSettings(BaseModel):
 
 class ProviderSettings(BaseModel):
     model_config = _FROZEN
-    base_url: str
+    base_url: str | None = None  # None only for a provider with no public default (workers-ai)
     api_key: SecretStr | None = None
     zdr_base_url: str | None = None
     zdr_api_key: SecretStr | None = None
+
+    @field_validator("api_key", "zdr_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("base_url", "zdr_base_url")
     @classmethod

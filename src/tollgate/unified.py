@@ -22,7 +22,7 @@ from starlette.types import Receive, Send
 
 from tollgate.canonical import ChatRequest, image_urls_to_fetch, with_fetched_images
 from tollgate.client_formats import ClientFormat
-from tollgate.credentials import InboundCredentials, managed_key_header, split_credentials
+from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
 from tollgate.embeddings import gemini_embeddings_call, openai_embeddings_from_gemini
 from tollgate.errors import InvalidRequest, NotFound
 from tollgate.pipeline import (
@@ -35,7 +35,7 @@ from tollgate.pipeline import (
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
 from tollgate.providers.select import adapter_for
-from tollgate.services import Services, UpstreamTarget
+from tollgate.services import Services
 from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
 
 # Anthropic requires max_tokens; until the price catalog knows each model's maximum output,
@@ -76,11 +76,11 @@ async def proxy_unified(
     chat = None if row.wire == request.client.wire else request.client.parse_request(payload)
     await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
     target = services.providers.get(row.slug)
-    auth = managed_key_header(row.auth, credential(target, row, inbound, request.surface))
+    auth = upstream_auth(row, target, client_key(inbound, request.surface))
+    assert target is not None  # upstream_auth refuses a provider without one
     if chat is None:
         payload["model"] = model
-        headers = [(k, v) for k, v in inbound.headers if k not in _KEY_HEADERS] + [auth]
-        assert target is not None  # credential() refused a provider without a target
+        headers = [(k, v) for k, v in inbound.headers if k not in _KEY_HEADERS] + auth
         response = await upstream.send(
             provider=row.slug,
             method="POST",
@@ -93,13 +93,12 @@ async def proxy_unified(
     chat = dataclasses.replace(chat, model=model)
     adapter = adapter_for(row.slug)
     call = await build_call(adapter, chat, upstream, services)
-    assert target is not None
     query = f"?{urlencode(dict(call.query))}" if call.query else ""
     response = await upstream.send(
         provider=row.slug,
         method=call.method,
         url=f"{target.base_url}/{row.api_prefix}{call.path}{query}",
-        headers=[("content-type", "application/json"), *call.headers.items(), auth],
+        headers=[("content-type", "application/json"), *call.headers.items(), *auth],
         body=call.body,
     )
     await relay_translated(adapter, request.client, chat, response, receive, send, extra_headers)
@@ -127,7 +126,7 @@ async def proxy_embeddings(
     call = gemini_embeddings_call(model, payload) if row.wire == "google" else None
     await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
     target = services.providers.get(row.slug)
-    auth = managed_key_header(row.auth, credential(target, row, inbound, request.surface))
+    auth = upstream_auth(row, target, client_key(inbound, request.surface))
     assert target is not None
     if call is None:
         payload["model"] = model
@@ -135,7 +134,7 @@ async def proxy_embeddings(
             provider=row.slug,
             method="POST",
             url=f"{target.base_url}/{row.api_prefix}embeddings",
-            headers=[("content-type", "application/json"), auth],
+            headers=[("content-type", "application/json"), *auth],
             body=orjson.dumps(payload),
         )
         await relay(response, receive, send, extra_headers)
@@ -144,7 +143,7 @@ async def proxy_embeddings(
         provider=row.slug,
         method=call.method,
         url=f"{target.base_url}/{call.path}",
-        headers=[("content-type", "application/json"), auth],
+        headers=[("content-type", "application/json"), *auth],
         body=call.body,
     )
     try:
@@ -189,24 +188,9 @@ def route_model(model: object) -> tuple[ProviderRow, str]:
     return row, name
 
 
-def credential(
-    target: UpstreamTarget | None, row: ProviderRow, inbound: InboundCredentials, surface: str
-) -> str:
-    if surface == "compat" and inbound.provider_key_value:
-        if target is None:
-            raise _unavailable(row)
-        return inbound.provider_key_value
-    if target is None or not target.api_key:
-        raise _unavailable(row)
-    return target.api_key
-
-
-def _unavailable(row: ProviderRow) -> InvalidRequest:
-    return InvalidRequest(
-        f"The provider {row.slug} is not available through Unified Billing on this gateway. "
-        "Send your own provider key with the request.",
-        code="unified_billing_unavailable",
-    )
+def client_key(inbound: InboundCredentials, surface: str) -> str | None:
+    """/compat takes the client's own provider key; the REST surface never does."""
+    return inbound.provider_key_value if surface == "compat" else None
 
 
 async def build_call(

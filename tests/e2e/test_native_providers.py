@@ -182,3 +182,40 @@ def test_openai_compatible_family(gateway: Gateway, sim: Sim, provider: str, pat
     )
     assert reply.choices[0].message.content
     assert headers_of(last_request(sim))["authorization"] == f"Bearer {managed_key(provider)}"
+
+
+def test_workers_ai_is_the_operators_own_server_with_an_optional_key(
+    start_gateway,  # type: ignore[no-untyped-def]
+    sim: Sim,
+) -> None:
+    base = f"{sim.url}/openai"
+    with start_gateway(TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base) as gateway:
+        client = openai.OpenAI(
+            api_key=gateway.account.token,
+            base_url=f"{gateway.base('workers-ai')}/v1",
+            max_retries=0,
+        )
+        reply = client.chat.completions.create(
+            model="llama-3.1-8b-instruct", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content
+        request = last_request(sim)
+        assert request["path"] == "/openai/v1/chat/completions"
+        assert headers_of(request)["authorization"] == f"Bearer {managed_key('workers-ai')}"
+
+    sim.clear()
+    with start_gateway(
+        TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base, TOLLGATE_PROVIDERS__WORKERS_AI__API_KEY=""
+    ) as gateway:
+        client = openai.OpenAI(
+            api_key=gateway.account.token,
+            base_url=f"{gateway.base('workers-ai')}/v1",
+            max_retries=0,
+        )
+        # The simulator wants a key; a server without auth would answer. What matters here is
+        # that the gateway forwarded the request with no credential instead of refusing it.
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(
+                model="llama-3.1-8b-instruct", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "authorization" not in headers_of(last_request(sim))

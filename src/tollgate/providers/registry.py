@@ -22,11 +22,12 @@ class ProviderRow:
     slug: str
     wire: WireFormat
     auth: AuthStyle
-    default_base_url: str
+    default_base_url: str | None  # None: the operator must configure it
     key_env: str  # the conventional environment variable for the operator's managed key
     sim_path: str
     api_prefix: str = ""
     max_tokens_field: str = "max_completion_tokens"
+    key_required: bool = True
 
 
 def _openai_compatible(
@@ -80,6 +81,19 @@ PROVIDERS: dict[str, ProviderRow] = {
         ),
         _openai_compatible("perplexity-ai", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
         _openai_compatible("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        # The operator's own OpenAI-compatible inference server (vLLM, Ollama, llama.cpp...):
+        # no public default, and often no key.
+        ProviderRow(
+            "workers-ai",
+            "openai",
+            "bearer",
+            None,
+            "WORKERS_AI_API_KEY",
+            "/openai",
+            "v1/",
+            "max_tokens",
+            key_required=False,
+        ),
     )
 }
 
