@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlencode
@@ -23,7 +24,11 @@ from starlette.types import Receive, Send
 from tollgate.canonical import ChatRequest, image_urls_to_fetch, with_fetched_images
 from tollgate.client_formats import ClientFormat
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
-from tollgate.embeddings import gemini_embeddings_call, openai_embeddings_from_gemini
+from tollgate.embeddings import (
+    embedding_inputs,
+    gemini_embeddings_call,
+    openai_embeddings_from_gemini,
+)
 from tollgate.errors import InvalidRequest, NotFound
 from tollgate.pipeline import (
     authenticate,
@@ -35,7 +40,7 @@ from tollgate.pipeline import (
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
 from tollgate.providers.select import adapter_for
-from tollgate.services import Services
+from tollgate.services import Services, UpstreamTarget
 from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
 
 # Anthropic requires max_tokens; until the price catalog knows each model's maximum output,
@@ -61,6 +66,59 @@ class UnifiedRequest:
     surface: Literal["compat", "rest"]
 
 
+@dataclass(slots=True)
+class Routed:
+    """A Unified API request that passed every check and knows where it goes."""
+
+    inbound: InboundCredentials
+    payload: dict[str, object]
+    row: ProviderRow
+    model: str  # the name the provider knows (no `provider/` prefix)
+    target: UpstreamTarget
+    auth: list[tuple[str, str]]
+
+
+async def route_request(
+    services: Services, request: UnifiedRequest, check: Callable[[ProviderRow], object]
+) -> Routed:
+    """authenticate -> parse -> route `provider/model` -> `check` -> gateway -> credentials.
+
+    `check` refuses what the target cannot do (and may parse more) before anything is stored
+    or sent: a malformed request never creates the `default` gateway.
+    """
+    inbound = split_credentials(request.headers, request.query)
+    principal = await authenticate(services, request.account_id, inbound)
+    payload = parse_json_object(request.headers, request.body, request.path)
+    row, model = route_model(payload.get("model"))
+    check(row)
+    await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
+    target = services.providers.get(row.slug)
+    auth = upstream_auth(row, target, client_key(inbound, request.surface))
+    assert target is not None  # upstream_auth refuses a provider without one
+    return Routed(inbound, payload, row, model, target, auth)
+
+
+async def relay_as_is(
+    upstream: Upstream,
+    routed: Routed,
+    path: str,
+    receive: Receive,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Same wire format both sides: only `model` is rewritten, the answer is relayed as bytes."""
+    routed.payload["model"] = routed.model
+    headers = [(k, v) for k, v in routed.inbound.headers if k not in _KEY_HEADERS]
+    response = await upstream.send(
+        provider=routed.row.slug,
+        method="POST",
+        url=f"{routed.target.base_url}/{routed.row.api_prefix}{path}",
+        headers=headers + routed.auth,
+        body=orjson.dumps(routed.payload),
+    )
+    await relay(response, receive, send, extra_headers)
+
+
 async def proxy_unified(
     services: Services,
     upstream: Upstream,
@@ -69,39 +127,59 @@ async def proxy_unified(
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
-    inbound = split_credentials(request.headers, request.query)
-    principal = await authenticate(services, request.account_id, inbound)
-    payload = parse_json_object(request.headers, request.body, request.path)
-    row, model = route_model(payload.get("model"))
-    chat = None if row.wire == request.client.wire else request.client.parse_request(payload)
-    await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
-    target = services.providers.get(row.slug)
-    auth = upstream_auth(row, target, client_key(inbound, request.surface))
-    assert target is not None  # upstream_auth refuses a provider without one
-    if chat is None:
-        payload["model"] = model
-        headers = [(k, v) for k, v in inbound.headers if k not in _KEY_HEADERS] + auth
-        response = await upstream.send(
-            provider=row.slug,
-            method="POST",
-            url=f"{target.base_url}/{row.api_prefix}{_NATIVE_PATHS[row.wire]}",
-            headers=headers,
-            body=orjson.dumps(payload),
-        )
-        await relay(response, receive, send, extra_headers)
+    """Chat in the client's format (OpenAI Chat or Anthropic Messages), any provider out."""
+    parsed: list[ChatRequest] = []
+
+    def parse_unless_same_format(row: ProviderRow) -> None:
+        if row.wire != request.client.wire:
+            parsed.append(request.client.parse_request(payload_of(request)))
+
+    routed = await route_request(services, request, parse_unless_same_format)
+    if not parsed:
+        path = _NATIVE_PATHS[routed.row.wire]
+        await relay_as_is(upstream, routed, path, receive, send, extra_headers)
         return
-    chat = dataclasses.replace(chat, model=model)
-    adapter = adapter_for(row.slug)
+    chat = dataclasses.replace(parsed[0], model=routed.model)
+    adapter = adapter_for(routed.row.slug)
     call = await build_call(adapter, chat, upstream, services)
     query = f"?{urlencode(dict(call.query))}" if call.query else ""
     response = await upstream.send(
-        provider=row.slug,
+        provider=routed.row.slug,
         method=call.method,
-        url=f"{target.base_url}/{row.api_prefix}{call.path}{query}",
-        headers=[("content-type", "application/json"), *call.headers.items(), *auth],
+        url=f"{routed.target.base_url}/{routed.row.api_prefix}{call.path}{query}",
+        headers=[("content-type", "application/json"), *call.headers.items(), *routed.auth],
         body=call.body,
     )
     await relay_translated(adapter, request.client, chat, response, receive, send, extra_headers)
+
+
+def payload_of(request: UnifiedRequest) -> dict[str, object]:
+    # Parsed once more for the canonical form; orjson makes this cheaper than sharing a
+    # dict that the same-format path later mutates.
+    return parse_json_object(request.headers, request.body, request.path)
+
+
+async def proxy_responses(
+    services: Services,
+    upstream: Upstream,
+    request: UnifiedRequest,
+    receive: Receive,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """`/ai/v1/responses`: OpenAI's Responses API, for OpenAI models (relayed as bytes)."""
+
+    def openai_only(row: ProviderRow) -> None:
+        if row.slug != "openai":
+            raise InvalidRequest(
+                f"The Responses API is available for openai/ models only, not {row.slug}. "
+                "Use /ai/v1/chat/completions or /ai/v1/messages for other providers.",
+                code="unsupported_feature",
+                param="model",
+            )
+
+    routed = await route_request(services, request, openai_only)
+    await relay_as_is(upstream, routed, "responses", receive, send, extra_headers)
 
 
 async def proxy_embeddings(
@@ -113,37 +191,27 @@ async def proxy_embeddings(
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     """`/compat/embeddings`: relayed to OpenAI-format providers, translated for Gemini."""
-    inbound = split_credentials(request.headers, request.query)
-    principal = await authenticate(services, request.account_id, inbound)
-    payload = parse_json_object(request.headers, request.body, request.path)
-    row, model = route_model(payload.get("model"))
-    if row.wire == "anthropic":
-        raise InvalidRequest(
-            f"{row.slug} has no embeddings API; use an openai/ or google-ai-studio/ model.",
-            code="unsupported_feature",
-            param="model",
-        )
-    call = gemini_embeddings_call(model, payload) if row.wire == "google" else None
-    await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
-    target = services.providers.get(row.slug)
-    auth = upstream_auth(row, target, client_key(inbound, request.surface))
-    assert target is not None
-    if call is None:
-        payload["model"] = model
-        response = await upstream.send(
-            provider=row.slug,
-            method="POST",
-            url=f"{target.base_url}/{row.api_prefix}embeddings",
-            headers=[("content-type", "application/json"), *auth],
-            body=orjson.dumps(payload),
-        )
-        await relay(response, receive, send, extra_headers)
+
+    def has_embeddings(row: ProviderRow) -> None:
+        if row.wire == "anthropic":
+            raise InvalidRequest(
+                f"{row.slug} has no embeddings API; use an openai/ or google-ai-studio/ model.",
+                code="unsupported_feature",
+                param="model",
+            )
+        if row.wire == "google":
+            embedding_inputs(payload_of(request))  # refuse bad input before the gateway step
+
+    routed = await route_request(services, request, has_embeddings)
+    if routed.row.wire != "google":
+        await relay_as_is(upstream, routed, "embeddings", receive, send, extra_headers)
         return
+    call = gemini_embeddings_call(routed.model, routed.payload)
     response = await upstream.send(
-        provider=row.slug,
+        provider=routed.row.slug,
         method=call.method,
-        url=f"{target.base_url}/{call.path}",
-        headers=[("content-type", "application/json"), *auth],
+        url=f"{routed.target.base_url}/{call.path}",
+        headers=[("content-type", "application/json"), *routed.auth],
         body=call.body,
     )
     try:
@@ -151,11 +219,11 @@ async def proxy_embeddings(
     finally:
         response.release()
     if response.status >= 400:
-        info = adapter_for(row.slug).parse_error(response.status, body)
+        info = adapter_for(routed.row.slug).parse_error(response.status, body)
         rendered = request.client.render_error_body(info.status, info.type, info.message)
         await _send_json(send, info.status, orjson.dumps(rendered), extra_headers)
         return
-    result = openai_embeddings_from_gemini(model, payload, body)
+    result = openai_embeddings_from_gemini(routed.model, routed.payload, body)
     await _send_json(send, 200, orjson.dumps(result), extra_headers)
 
 

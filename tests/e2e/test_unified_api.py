@@ -313,3 +313,18 @@ def test_compat_embeddings_for_a_provider_without_them_is_400(gateway: Gateway, 
         compat(gateway).embeddings.create(model="anthropic/claude-sonnet-4-6", input="x")
     assert caught.value.code == "unsupported_feature"
     assert sim.requests() == []
+
+
+def test_rest_responses_for_openai_models(gateway: Gateway, sim: Sim) -> None:
+    client = openai.OpenAI(
+        api_key=gateway.account.token, base_url=rest_base(gateway), max_retries=0
+    )
+    response = client.responses.create(model="openai/gpt-4o-mini", input="Write one line")
+    assert response.output_text
+    sent = json.loads(str(upstream(sim)["body"]))
+    assert sent["model"] == "gpt-4o-mini"
+    sim.clear()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="anthropic/claude-sonnet-4-6", input="x")
+    assert caught.value.code == "unsupported_feature"
+    assert sim.requests() == []

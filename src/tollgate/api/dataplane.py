@@ -18,7 +18,12 @@ from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLa
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
-from tollgate.unified import UnifiedRequest, proxy_embeddings, proxy_unified
+from tollgate.unified import (
+    UnifiedRequest,
+    proxy_embeddings,
+    proxy_responses,
+    proxy_unified,
+)
 from tollgate.upstream import Upstream
 
 _ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -106,13 +111,18 @@ class DataPlane:
             client=client,
             surface=surface,
         )
-        handler = proxy_embeddings if route.path == "embeddings" else proxy_unified
+        handler = _HANDLERS.get(route.path, proxy_unified)
         await handler(self.services, self.upstream, request, receive, send, self.extra_headers)
 
 
 COMPAT = "compat"
 COMPAT_FORMATS = {"chat/completions": OPENAI_CHAT, "embeddings": OPENAI_CHAT}
-REST_FORMATS = {"v1/chat/completions": OPENAI_CHAT, "v1/messages": ANTHROPIC_MESSAGES}
+REST_FORMATS = {
+    "v1/chat/completions": OPENAI_CHAT,
+    "v1/messages": ANTHROPIC_MESSAGES,
+    "v1/responses": OPENAI_CHAT,  # errors in OpenAI's format; the body is relayed as is
+}
+_HANDLERS = {"embeddings": proxy_embeddings, "v1/responses": proxy_responses}
 
 
 def parse_rest_route(scope: Scope) -> _Route:
