@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from tollgate.api.admin import admin_router
 from tollgate.api.dataplane import DataPlane
 from tollgate.api.management import management_router
+from tollgate.api.models import models_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tollgate.providers.registry import PROVIDERS
@@ -71,6 +72,7 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
 def _control_app(services: Services) -> FastAPI:
     control = FastAPI(title="tollgate", version="0.1.0", docs_url=None, redoc_url=None)
     control.include_router(management_router(services), prefix="/client/v4")
+    control.include_router(models_router(services), prefix="/client/v4")
     control.include_router(admin_router(services), prefix="/admin/v1")
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

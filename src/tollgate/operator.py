@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from tollgate import money
 from tollgate.api.auth import PERMISSIONS, mint_token
 from tollgate.errors import Conflict, InvalidRequest, NotFound
+from tollgate.ids import ACCOUNT_ID
 from tollgate.store import Account, ApiToken, LedgerEntry, Store
 from tollgate.store import accounts as account_repo
 from tollgate.store import ledger as ledger_repo
 from tollgate.store import tokens as token_repo
-
-ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 async def require_account(store: Store, account_id: str) -> Account:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tollgate.api.auth import OperatorAuth, TokenVerifier
+from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
 from tollgate.gateway_cache import GatewayCache
-from tollgate.settings import Settings
+from tollgate.settings import Settings, SettingsError
 from tollgate.store import Store
 
 
@@ -29,12 +30,23 @@ class Services:
     tokens: TokenVerifier
     operator: OperatorAuth
     gateways: GatewayCache
+    catalog: Catalog
     # Filled in by the lifespan: in sandbox mode the simulator's address is known only then.
     providers: dict[str, UpstreamTarget] = field(default_factory=dict)
     sandbox_base_url: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Services:
+        try:
+            catalog = load_catalog(
+                overrides=settings.billing.price_overrides,
+                markup_percent=settings.billing.markup_percent,
+            )
+        except CatalogError as exc:
+            raise SettingsError(
+                f"invalid configuration:\n  billing.price_overrides: {exc}. "
+                "Fix [billing.price_overrides] in tollgate.toml."
+            ) from None
         store = store or Store(settings.database.url)
         admin = settings.operator.admin_token
         return cls(
@@ -43,4 +55,5 @@ class Services:
             tokens=TokenVerifier(store),
             operator=OperatorAuth(store, admin.get_secret_value() if admin else None),
             gateways=GatewayCache(store),
+            catalog=catalog,
         )

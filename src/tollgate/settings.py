@@ -68,6 +68,11 @@ class BillingSettings(BaseModel):
     model_config = _FROZEN
     payment_provider: Literal["sandbox", "stripe"] = "sandbox"
     purchase_fee_percent: Decimal = Field(Decimal(0), ge=0, le=100)
+    # Added to every catalog price, exactly (e.g. 5 = +5%).
+    markup_percent: Decimal = Field(Decimal(0), ge=0, le=1000)
+    # Per-model price changes or additions: {"openai/gpt-4o": {"input": "2.00", ...}} in USD per
+    # million tokens, as decimal strings (see docs/configuration.md).
+    price_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class ProviderSettings(BaseModel):

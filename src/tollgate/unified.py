@@ -153,6 +153,22 @@ async def proxy_unified(
     await relay_translated(adapter, request.client, chat, response, receive, send, extra_headers)
 
 
+async def list_models(
+    services: Services,
+    request: UnifiedRequest,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """`GET /compat/models`: every priced model as `provider/model`, in OpenAI's list format."""
+    inbound = split_credentials(request.headers, request.query)
+    await authenticate(services, request.account_id, inbound)
+    data = [
+        {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
+        for model in services.catalog.models()
+    ]
+    await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), extra_headers)
+
+
 def payload_of(request: UnifiedRequest) -> dict[str, object]:
     # Parsed once more for the canonical form; orjson makes this cheaper than sharing a
     # dict that the same-format path later mutates.

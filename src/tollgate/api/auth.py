@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tollgate.cache import RefreshingCache
-from tollgate.errors import AuthenticationFailed, PermissionDenied
+from tollgate.errors import AuthenticationFailed, NotFound, PermissionDenied
+from tollgate.ids import ACCOUNT_ID
 from tollgate.store import Store
 from tollgate.store import accounts as account_repo
 from tollgate.store import tokens as token_repo
@@ -185,3 +186,39 @@ class OperatorAuth:
             "first start.",
             code="invalid_token",
         )
+
+
+async def authorize_api_call(
+    verifier: TokenVerifier,
+    authorization: str | None,
+    account_id: str,
+    permission: str,
+    *,
+    sent_global_key: bool = False,
+) -> Principal:
+    """The `/client/v4` check: a Bearer token, of this account, holding `permission`.
+
+    401 without a valid token, 404 for a malformed account id (after authentication, so the
+    answer reveals nothing to strangers), 403 for another account's token or a missing
+    permission.
+    """
+    token = bearer_value(authorization)
+    if token is None:
+        hint = (
+            " Global API keys (X-Auth-Key) are not supported; use an API token."
+            if sent_global_key
+            else ""
+        )
+        raise AuthenticationFailed(
+            "This API needs an API token: send 'Authorization: Bearer <tg_... token>'." + hint,
+            code="missing_token",
+        )
+    principal = await verifier.verify(token)
+    if not ACCOUNT_ID.match(account_id):
+        shown = account_id if len(account_id) <= 80 else account_id[:77] + "..."
+        raise NotFound(
+            f"'{shown}' is not an account id: account ids are 32 lowercase hexadecimal characters.",
+            code="account_not_found",
+        )
+    authorize(principal, account_id, permission)
+    return principal

@@ -15,19 +15,19 @@ from starlette.types import Receive, Scope, Send
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.ids import ACCOUNT_ID, GATEWAY_ID
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
 from tollgate.unified import (
     UnifiedRequest,
+    list_models,
     proxy_embeddings,
     proxy_responses,
     proxy_unified,
 )
 from tollgate.upstream import Upstream
 
-_ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
-_GATEWAY_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 _ENCODED_TRAVERSAL = re.compile(rb"%2e|%2f|%5c", re.IGNORECASE)
 
 
@@ -94,6 +94,19 @@ class DataPlane:
         surface: Literal["compat", "rest"],
     ) -> None:
         client = formats.get(route.path)
+        if surface == "compat" and route.path == "models" and scope["method"] == "GET":
+            request = UnifiedRequest(
+                route.account_id,
+                route.gateway_id,
+                route.path,
+                scope["headers"],
+                scope["query_string"],
+                b"",
+                OPENAI_CHAT,
+                surface,
+            )
+            await list_models(self.services, request, send, self.extra_headers)
+            return
         if client is None or scope["method"] != "POST":
             known = ", ".join(f"POST {path}" for path in formats)
             raise NotFound(
@@ -128,7 +141,7 @@ _HANDLERS = {"embeddings": proxy_embeddings, "v1/responses": proxy_responses}
 def parse_rest_route(scope: Scope) -> _Route:
     parts = scope["path"].split("/", 6)  # ['', 'client', 'v4', 'accounts', account, 'ai', rest]
     account_id, rest = parts[4], parts[6] if len(parts) == 7 else ""
-    if not _ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.match(account_id):
         raise NotFound(
             f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
             code="account_not_found",
@@ -137,7 +150,7 @@ def parse_rest_route(scope: Scope) -> _Route:
         (v.decode("latin-1") for k, v in scope["headers"] if k == b"cf-aig-gateway-id"),
         "default",
     )
-    if not _GATEWAY_ID.match(gateway_id):
+    if not GATEWAY_ID.match(gateway_id):
         raise InvalidRequest(
             f"cf-aig-gateway-id '{gateway_id}' is not a gateway id: up to 64 characters of "
             "a-z, 0-9, - and _.",
@@ -156,12 +169,12 @@ def parse_route(scope: Scope) -> _Route:
         )
     account_id, gateway_id, provider = parts[2], parts[3], parts[4]
     rest = parts[5] if len(parts) == 6 else ""
-    if not _ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.match(account_id):
         raise NotFound(
             f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
             code="account_not_found",
         )
-    if not _GATEWAY_ID.match(gateway_id):
+    if not GATEWAY_ID.match(gateway_id):
         raise NotFound(
             f"'{gateway_id}' is not a gateway id: up to 64 characters of a-z, 0-9, - and _.",
             code="gateway_not_found",

@@ -40,7 +40,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tollgate.api.auth import authorize, bearer_value
+from tollgate.api.auth import authorize_api_call
 from tollgate.api.envelope import (
     DEFAULT_PER_PAGE,
     MAX_PER_PAGE,
@@ -49,7 +49,6 @@ from tollgate.api.envelope import (
     timestamp,
 )
 from tollgate.errors import (
-    AuthenticationFailed,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -63,7 +62,6 @@ from tollgate.gateway_config import (
     parse_gateway_create,
     parse_gateway_update,
 )
-from tollgate.operator import ACCOUNT_ID
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
@@ -96,25 +94,13 @@ class GatewayRoutes:
         self.services = services
 
     async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
-        token = bearer_value(request.headers.get("authorization"))
-        if token is None:
-            hint = (
-                " Global API keys (X-Auth-Key) are not supported; use an API token."
-                if "x-auth-key" in request.headers
-                else ""
-            )
-            raise AuthenticationFailed(
-                "This API needs an API token: send 'Authorization: Bearer <tg_... token>'." + hint,
-                code="missing_token",
-            )
-        principal = await self.services.tokens.verify(token)
-        if not ACCOUNT_ID.match(account_id):
-            raise NotFound(
-                f"'{_shown(account_id)}' is not an account id: account ids are 32 lowercase "
-                "hexadecimal characters.",
-                code="account_not_found",
-            )
-        authorize(principal, account_id, permission)
+        await authorize_api_call(
+            self.services.tokens,
+            request.headers.get("authorization"),
+            account_id,
+            permission,
+            sent_global_key="x-auth-key" in request.headers,
+        )
 
     async def _json_body(self, request: Request) -> object:
         limit = self.services.settings.server.max_body_bytes

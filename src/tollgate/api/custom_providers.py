@@ -1,0 +1,288 @@
+"""The custom providers management API under `/client/v4/accounts/{account_id}/ai-gateway`.
+
+Cloudflare's endpoints, as the official `cloudflare` SDK (`client.ai_gateway.custom_providers`)
+calls them (the SDK has create, list, get and delete; PATCH is in Cloudflare's API):
+
+    GET    /custom-providers?page&per_page&enable&beta&search&order_by   read  list
+    POST   /custom-providers                                            edit  create
+    GET    /custom-providers/{id}                                       read  fetch
+    PATCH  /custom-providers/{id}                                       edit  change the fields sent
+    DELETE /custom-providers/{id}                                       edit  delete; returns it
+
+A provider is reached on the data plane as `custom-{slug}`. Every response is the Cloudflare v4
+envelope. Checks run in the order of the gateways API (`tollgate.api.management`), whose
+`_authorize` this module reuses: the bearer token (401), the account id's format (404), the
+token's account and permission (403), then the query or body (400), then the store (404 / 409).
+
+Decisions where Cloudflare's documents are silent (body and query decisions are listed in
+`tollgate.custom_provider_config`):
+
+- `per_page` is 1 to 100 (default 20); `page` starts at 1; a page past the end is empty.
+- The object carries every field, null when unset. `logo` is always null: Cloudflare generates
+  an SVG for its dashboard; tollgate has none to give. `headers` is echoed as stored, to any token
+  with `read`, as Cloudflare's get does (its values may be credentials).
+- A slug already used in the account is 409 `already_exists` naming the provider that holds it.
+- Create, update and delete drop the data plane's cached copy at once (old and new slug).
+- The `custom-providers/costs` endpoints are not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from tollgate.api.envelope import DEFAULT_PER_PAGE, cloudflare_response, page_request, timestamp
+from tollgate.api.management import GatewayRoutes
+from tollgate.custom_provider_cache import CustomProviderCache
+from tollgate.custom_provider_config import (
+    DEFAULT_ORDER,
+    FIELDS,
+    ORDER_FIELDS,
+    REQUIRED_FIELDS,
+    parse_custom_provider_create,
+    parse_custom_provider_update,
+    parse_list_query,
+)
+from tollgate.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.services import Services
+from tollgate.store import custom_providers as custom_provider_repo
+from tollgate.store.custom_providers import CustomProviderRecord, SlugTaken
+
+MAX_PER_PAGE = 100
+
+
+def custom_provider_object(record: CustomProviderRecord) -> dict[str, object]:
+    """The custom provider as the API shows it (the SDK's `CustomProvider*Response`)."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "slug": record.slug,
+        "base_url": record.base_url,
+        "description": record.description,
+        "link": record.link,
+        "enable": record.enable,
+        "beta": record.beta,
+        "curl_example": record.curl_example,
+        "js_example": record.js_example,
+        "headers": record.headers,
+        "logo": None,
+        "position": record.position,
+        "created_at": timestamp(record.created_at),
+        "modified_at": timestamp(record.modified_at),
+    }
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+class CustomProviderRoutes:
+    """The handlers; `custom_providers_router` mounts them."""
+
+    def __init__(self, services: Services, cache: CustomProviderCache) -> None:
+        self.services = services
+        self.cache = cache
+        self._gateways = GatewayRoutes(services)  # one implementation of the auth order
+
+    async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
+        await self._gateways._authorize(request, account_id, permission)
+
+    @property
+    def _allow_http(self) -> bool:
+        return self.services.settings.custom_providers.allow_http
+
+    async def _json_body(self, request: Request) -> object:
+        limit = self.services.settings.server.max_body_bytes
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        if not body.strip():
+            raise InvalidRequest(
+                "The request body is empty: send the custom provider's fields as a JSON object.",
+                code="invalid_json",
+            )
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc}).", code="invalid_json"
+            ) from None
+
+    async def _slug_taken(self, account_id: str, slug: str) -> Conflict:
+        holder = await custom_provider_repo.get_custom_provider_by_slug(
+            self.services.store, account_id, slug
+        )
+        held_by = f" (custom provider {holder.id})" if holder is not None else ""
+        return Conflict(
+            f"The slug '{slug}' is already used in this account{held_by}: each custom provider "
+            f"is reached as custom-{{slug}}, so slugs must be unique. Choose another slug.",
+            code="already_exists",
+            param="slug",
+        )
+
+    async def list_custom_providers(self, request: Request, account_id: str) -> Response:
+        await self._authorize(request, account_id, "read")
+        paging = page_request(request.query_params, max_per_page=MAX_PER_PAGE)
+        query = parse_list_query(request.query_params)
+        found = await custom_provider_repo.list_custom_providers(
+            self.services.store,
+            account_id,
+            enable=query.enable,
+            beta=query.beta,
+            search=query.search,
+            order_by=query.order_by,
+            descending=query.descending,
+            offset=paging.offset,
+            limit=paging.per_page,
+        )
+        return cloudflare_response(
+            [custom_provider_object(r) for r in found.items],
+            result_info=paging.result_info(len(found.items), found.total),
+        )
+
+    async def create_custom_provider(self, request: Request, account_id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        fields = parse_custom_provider_create(
+            await self._json_body(request), allow_http=self._allow_http
+        )
+        try:
+            record = await custom_provider_repo.insert_custom_provider(
+                self.services.store, account_id, fields
+            )
+        except SlugTaken:
+            raise await self._slug_taken(account_id, fields["slug"]) from None
+        self.cache.invalidate(account_id, record.slug)  # a cached miss for this slug
+        return cloudflare_response(custom_provider_object(record))
+
+    async def get_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "read")
+        record = await custom_provider_repo.get_custom_provider(self.services.store, account_id, id)
+        if record is None:
+            raise _not_found(account_id, id)
+        return cloudflare_response(custom_provider_object(record))
+
+    async def update_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        changes = parse_custom_provider_update(
+            await self._json_body(request), id, allow_http=self._allow_http
+        )
+        try:
+            changed = await custom_provider_repo.update_custom_provider(
+                self.services.store, account_id, id, changes
+            )
+        except SlugTaken:
+            raise await self._slug_taken(account_id, changes["slug"]) from None
+        if changed is None:
+            raise _not_found(account_id, id)
+        before, after = changed
+        self.cache.invalidate(account_id, before.slug)
+        if after.slug != before.slug:
+            self.cache.invalidate(account_id, after.slug)
+        return cloudflare_response(custom_provider_object(after))
+
+    async def delete_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
+        await self._authorize(request, account_id, "edit")
+        record = await custom_provider_repo.delete_custom_provider(
+            self.services.store, account_id, id
+        )
+        if record is None:
+            raise _not_found(account_id, id)
+        self.cache.invalidate(account_id, record.slug)
+        return cloudflare_response(custom_provider_object(record))
+
+
+def _not_found(account_id: str, provider_id: str) -> NotFound:
+    return NotFound(
+        f"Custom provider '{_shown(provider_id)}' does not exist in account {account_id}. List "
+        "the account's custom providers with GET .../ai-gateway/custom-providers.",
+        code="custom_provider_not_found",
+    )
+
+
+# The handlers read the query and body themselves (so authentication comes first and errors
+# name fields the Cloudflare way); these describe them in /openapi.json.
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schema}
+    if description:
+        parameter["description"] = description
+    return parameter
+
+
+_LIST_QUERY: dict[str, Any] = {
+    "parameters": [
+        _query("page", {"type": "integer", "minimum": 1, "default": 1}),
+        _query(
+            "per_page",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": DEFAULT_PER_PAGE},
+        ),
+        _query("enable", {"type": "boolean"}),
+        _query("beta", {"type": "boolean"}),
+        _query("search", {"type": "string"}, "id, slug or name contains (ignoring case)"),
+        _query(
+            "order_by",
+            {"type": "string", "default": DEFAULT_ORDER},
+            f"one of {', '.join(ORDER_FIELDS)}, optionally followed by ASC or DESC",
+        ),
+    ]
+}
+
+
+def _fields_body(*required: str) -> dict[str, Any]:
+    properties: dict[str, Any] = {name: {} for name in FIELDS}
+    schema = {"type": "object", "required": list(required), "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def custom_providers_router(
+    services: Services, cache: CustomProviderCache | None = None
+) -> APIRouter:
+    """The custom providers routes; mount under `/client/v4`.
+
+    `cache` must be the data plane's `CustomProviderCache`, so that writes are seen at once;
+    by default `services.custom_providers` (once `Services` carries one), else a cache of its own.
+    """
+    if cache is None:
+        shared = getattr(services, "custom_providers", None)
+        cache = shared if isinstance(shared, CustomProviderCache) else None
+    routes = CustomProviderRoutes(services, cache or CustomProviderCache(services.store))
+    router = APIRouter(prefix="/accounts/{account_id}/ai-gateway", tags=["ai-gateway"])
+    add = router.add_api_route
+    add(
+        "/custom-providers",
+        routes.list_custom_providers,
+        methods=["GET"],
+        summary="List custom providers",
+        openapi_extra=_LIST_QUERY,
+    )
+    add(
+        "/custom-providers",
+        routes.create_custom_provider,
+        methods=["POST"],
+        summary="Create a custom provider",
+        openapi_extra=_fields_body(*REQUIRED_FIELDS),
+    )
+    add(
+        "/custom-providers/{id}",
+        routes.get_custom_provider,
+        methods=["GET"],
+        summary="Fetch a custom provider",
+    )
+    add(
+        "/custom-providers/{id}",
+        routes.update_custom_provider,
+        methods=["PATCH"],
+        summary="Change some fields of a custom provider",
+        openapi_extra=_fields_body(),
+    )
+    add(
+        "/custom-providers/{id}",
+        routes.delete_custom_provider,
+        methods=["DELETE"],
+        summary="Delete a custom provider",
+    )
+    return router
