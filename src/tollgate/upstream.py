@@ -47,6 +47,7 @@ class UpstreamStreamBroken(Exception):
 
 @dataclass(slots=True)
 class UpstreamResponse:
+    provider: str
     status: int
     headers: list[tuple[bytes, bytes]]  # relayable headers only
     content_type: bytes
@@ -55,10 +56,15 @@ class UpstreamResponse:
     _response: aiohttp.ClientResponse
 
     async def read(self) -> bytes:
+        """The whole body; a body cut short is a 502 (nothing has been sent to the client)."""
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamStreamBroken(str(exc) or type(exc).__name__) from exc
+            raise UpstreamUnavailable(
+                f"The upstream provider {self.provider} broke off its response "
+                f"({str(exc) or type(exc).__name__}). Retry later.",
+                code="upstream_error",
+            ) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -129,6 +135,7 @@ class Upstream:
             if name.lower() not in HOP_BY_HOP
         ]
         return UpstreamResponse(
+            provider=provider,
             status=response.status,
             headers=relayed,
             content_type=response.headers.get("content-type", "").encode("latin-1"),

@@ -179,3 +179,14 @@ def test_sandbox_header_is_absent_outside_sandbox_mode(gateway: Gateway, sim: Si
     )
     assert "x-tollgate-sandbox" not in raw.headers
     assert json.loads(raw.text)["object"] == "chat.completion"
+
+
+def test_a_body_cut_short_before_relay_is_502(gateway: Gateway, sim: Sim) -> None:
+    client = client_for(gateway, default_headers={"x-sim-drop-after": "1"})
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 502
+    assert caught.value.code == "upstream_error"
+    assert len(sim.requests()) == 1

@@ -328,3 +328,38 @@ def test_rest_responses_for_openai_models(gateway: Gateway, sim: Sim) -> None:
         client.responses.create(model="anthropic/claude-sonnet-4-6", input="x")
     assert caught.value.code == "unsupported_feature"
     assert sim.requests() == []
+
+
+@pytest.mark.parametrize("fault", ["drop-after", "garble-after"])
+@pytest.mark.parametrize(
+    "model", ["anthropic/claude-sonnet-4-6", "google-ai-studio/gemini-2.5-flash"]
+)
+def test_compat_truncated_or_invalid_upstream_sse_ends_in_band(
+    gateway: Gateway, sim: Sim, fault: str, model: str
+) -> None:
+    response = httpx.post(
+        f"{gateway.base('compat')}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.account.token}"},
+        json={
+            "model": model,
+            "stream": True,
+            # A prompt directive: the one control that survives translation to every provider.
+            "messages": [{"role": "user", "content": f"a long story please [sim {fault}=3]"}],
+        },
+    )
+    assert response.status_code == 200
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))
+    assert error["error"]["message"]
+    assert len(sim.requests()) == 1  # not retried
+
+
+def test_compat_invalid_upstream_json_is_502(gateway: Gateway, sim: Sim) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        compat(gateway).chat.completions.create(
+            model="anthropic/claude-sonnet-4-6~drop-after=1",
+            messages=[{"role": "user", "content": "x"}],
+        )
+    assert caught.value.status_code == 502
+    assert len(sim.requests()) == 1

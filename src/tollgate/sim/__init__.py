@@ -59,6 +59,8 @@ prompt directive ``[sim NAME=value ...]``, in that order of precedence; values a
 ``x-sim-chunk-delay-ms`` wait this long between two stream frames
 ``x-sim-drop-after``    close the connection abruptly after N stream frames (SSE events / JSON
                         array elements); on a non-streamed request, after half the body
+``x-sim-garble-after``  after N stream frames send one frame of malformed JSON (an unterminated
+                        ``data:`` line), then end the stream cleanly
 ``x-sim-error``         answer with this HTTP status (400-599) in the provider's error format;
                         429 adds ``retry-after``
 ``x-sim-retry-after``   the ``retry-after`` seconds of a simulated 429 (default 1)

@@ -22,6 +22,7 @@ CONTROL_NAMES = (
     "latency-ms",
     "chunk-delay-ms",
     "drop-after",
+    "garble-after",
     "error",
     "output-tokens",
     "chunks",
@@ -46,6 +47,7 @@ class Controls:
     latency_ms: int = 0
     chunk_delay_ms: int = 0
     drop_after: int | None = None
+    garble_after: int | None = None
     error: int | None = None
     output_tokens: int | None = None
     chunks: int | None = None
@@ -91,6 +93,7 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         latency_ms=min(values.get("latency-ms", 0), _MAX_DELAY_MS),
         chunk_delay_ms=min(values.get("chunk-delay-ms", 0), _MAX_DELAY_MS),
         drop_after=values.get("drop-after"),
+        garble_after=values.get("garble-after"),
         error=values.get("error"),
         output_tokens=values.get("output-tokens"),
         chunks=values.get("chunks") or None,

@@ -226,13 +226,18 @@ def stream_response(
     headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
     """Stream ``frames`` (SSE events or JSON-array pieces), applying the stream controls:
-    ``chunk-delay-ms`` between frames and ``drop-after`` (close the connection after N frames)."""
+    ``chunk-delay-ms`` between frames, ``drop-after`` (close the connection after N frames) and
+    ``garble-after`` (after N frames, send one frame of malformed JSON and end the stream
+    cleanly, as a broken upstream would)."""
     controls = call.controls
 
     async def body() -> AsyncIterator[bytes]:
         for index, frame in enumerate(frames):
             if controls.drop_after is not None and index >= controls.drop_after:
                 raise SimulatedDisconnect
+            if controls.garble_after is not None and index >= controls.garble_after:
+                yield b'data: {"choices": [{"delta": {"content": "unterminated\n\n'
+                return
             if index and controls.chunk_delay_ms:
                 await _sleep_ms(controls.chunk_delay_ms)
             yield frame
