@@ -30,6 +30,7 @@ _JSON_ENDPOINTS = re.compile(
     r"|batchEmbedContents)$"
 )
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
+_STREAMED_JSON_ENDPOINT = ":streamGenerateContent"
 
 
 @dataclass(slots=True)
@@ -69,7 +70,8 @@ async def proxy_native(
         body=request.body,
     )
     del gateway  # resolved for its checks; features (logs, limits) use it in later steps
-    await relay(response, receive, send, extra_headers)
+    streamed = request.path.endswith(_STREAMED_JSON_ENDPOINT)
+    await relay(response, receive, send, extra_headers, stream_json=streamed)
 
 
 async def authenticate(
@@ -151,12 +153,19 @@ async def relay(
     receive: Receive,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
+    *,
+    stream_json: bool = False,
 ) -> None:
-    """Send the upstream's status, headers and bytes to the client, unchanged."""
+    """Send the upstream's status, headers and bytes to the client, unchanged.
+
+    Event streams (and `stream_json` bodies: Gemini's streamed JSON array) are relayed chunk
+    by chunk as they arrive. Any other body is read whole first, so an upstream that breaks
+    off mid-body is a clean 502 rather than half a JSON document under a 200.
+    """
     headers = response.headers + extra_headers
-    # Bodies of known length are sent in one piece; streams and bodies of unknown length (for
-    # example Gemini's streamed JSON array) are relayed chunk by chunk as they arrive.
-    streaming = response.content_length is None or response.content_type.startswith(_STREAM_TYPES)
+    streaming = response.content_type.startswith(_STREAM_TYPES) or (
+        stream_json and response.status < 400
+    )
     if not streaming:
         try:
             body = await response.read()
