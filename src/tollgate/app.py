@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from tollgate.api.admin import admin_router
+from tollgate.api.custom_providers import custom_providers_router
 from tollgate.api.dataplane import DataPlane
 from tollgate.api.management import management_router
 from tollgate.api.models import models_router
@@ -73,6 +74,7 @@ def _control_app(services: Services) -> FastAPI:
     control = FastAPI(title="tollgate", version="0.1.0", docs_url=None, redoc_url=None)
     control.include_router(management_router(services), prefix="/client/v4")
     control.include_router(models_router(services), prefix="/client/v4")
+    control.include_router(custom_providers_router(services), prefix="/client/v4")
     control.include_router(admin_router(services), prefix="/admin/v1")
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ import orjson
 from tollgate.errors import InvalidRequest
 
 GATEWAY_ID_MAX_LENGTH = 64
-_GATEWAY_ID = re.compile(r"^[a-z0-9_-]+$")
+_GATEWAY_ID = re.compile(r"[a-z0-9_-]+")
 CACHE_TTL_MAX_SECONDS = 30 * 24 * 3600  # one month
 RETRY_MAX_ATTEMPTS = 5
 RETRY_DELAY_MAX_MS = 5000
@@ -425,7 +425,7 @@ def validate_gateway_id(value: object) -> str:
     if (
         not isinstance(value, str)
         or not 0 < len(value) <= GATEWAY_ID_MAX_LENGTH
-        or not _GATEWAY_ID.match(value)
+        or not _GATEWAY_ID.fullmatch(value)
     ):
         raise invalid(
             "id",

@@ -15,7 +15,7 @@ from tollgate.store import tokens as token_repo
 
 
 async def require_account(store: Store, account_id: str) -> Account:
-    if not ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.fullmatch(account_id):
         raise NotFound(
             f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
             code="account_not_found",

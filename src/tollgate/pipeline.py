@@ -17,7 +17,7 @@ from starlette.types import Receive, Send
 
 from tollgate.api.auth import Principal, authorize
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
-from tollgate.errors import AuthenticationFailed, InvalidRequest
+from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
@@ -59,9 +59,12 @@ async def proxy_native(
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
-    headers = choose_credentials(services, request.provider, inbound)
-    target = services.providers[request.provider]
-    url = f"{target.base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
+    if request.provider.startswith(CUSTOM_PREFIX):
+        base_url, headers = await custom_provider_target(services, request, inbound)
+    else:
+        headers = choose_credentials(services, request.provider, inbound)
+        base_url = services.providers[request.provider].base_url
+    url = f"{base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
     response = await upstream.send(
         provider=request.provider,
         method=request.method,
@@ -136,6 +139,28 @@ async def resolve_gateway(
             code="missing_token",
         )
     return gateway
+
+
+CUSTOM_PREFIX = "custom-"
+
+
+async def custom_provider_target(
+    services: Services, request: NativeRequest, inbound: InboundCredentials
+) -> tuple[str, list[tuple[str, str]]]:
+    """An account's own `custom-{slug}` provider: its base URL, and the client's headers plus
+    the provider's stored ones (those the client did not send itself). Never Unified Billing:
+    the account's stored headers carry its own credentials."""
+    slug = request.provider.removeprefix(CUSTOM_PREFIX)
+    provider = await services.custom_providers.resolve(request.account_id, slug)
+    if provider is None or not provider.enable:
+        state = "is disabled" if provider is not None else "does not exist in this account"
+        raise NotFound(
+            f"The custom provider '{slug}' {state}. Manage it under "
+            f"/client/v4/accounts/{request.account_id}/ai-gateway/custom-providers.",
+            code="provider_not_found",
+        )
+    sent = {name for name, _ in inbound.headers}
+    return provider.base_url, inbound.headers + [h for h in provider.headers if h[0] not in sent]
 
 
 def choose_credentials(

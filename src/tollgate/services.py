@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from tollgate.api.auth import OperatorAuth, TokenVerifier
 from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
+from tollgate.custom_provider_cache import CustomProviderCache
 from tollgate.gateway_cache import GatewayCache
 from tollgate.settings import Settings, SettingsError
 from tollgate.store import Store
@@ -30,6 +31,7 @@ class Services:
     tokens: TokenVerifier
     operator: OperatorAuth
     gateways: GatewayCache
+    custom_providers: CustomProviderCache
     catalog: Catalog
     # Filled in by the lifespan: in sandbox mode the simulator's address is known only then.
     providers: dict[str, UpstreamTarget] = field(default_factory=dict)
@@ -55,5 +57,6 @@ class Services:
             tokens=TokenVerifier(store),
             operator=OperatorAuth(store, admin.get_secret_value() if admin else None),
             gateways=GatewayCache(store),
+            custom_providers=CustomProviderCache(store),
             catalog=catalog,
         )

@@ -30,7 +30,9 @@ from tollgate.embeddings import (
     openai_embeddings_from_gemini,
 )
 from tollgate.errors import InvalidRequest, NotFound
+from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
+    CUSTOM_PREFIX,
     authenticate,
     close_on_disconnect,
     parse_json_object,
@@ -92,10 +94,35 @@ async def route_request(
     row, model = route_model(payload.get("model"))
     check(row)
     await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
+    if row.slug.startswith(CUSTOM_PREFIX):
+        return await _custom_route(services, request, inbound, payload, row, model)
     target = services.providers.get(row.slug)
     auth = upstream_auth(row, target, client_key(inbound, request.surface))
     assert target is not None  # upstream_auth refuses a provider without one
     return Routed(inbound, payload, row, model, target, auth)
+
+
+async def _custom_route(
+    services: Services,
+    request: UnifiedRequest,
+    inbound: InboundCredentials,
+    payload: dict[str, object],
+    row: ProviderRow,
+    model: str,
+) -> Routed:
+    """`custom-{slug}/model`: the account's own OpenAI-compatible provider and its headers."""
+    slug = row.slug.removeprefix(CUSTOM_PREFIX)
+    provider = await services.custom_providers.resolve(request.account_id, slug)
+    if provider is None or not provider.enable:
+        raise NotFound(
+            f"The custom provider '{slug}' does not exist in this account or is disabled.",
+            code="provider_not_found",
+        )
+    key = client_key(inbound, request.surface)
+    auth = [("authorization", f"Bearer {key}")] if key else list(provider.headers)
+    return Routed(
+        inbound, payload, row, model, UpstreamTarget(row.slug, provider.base_url, None), auth
+    )
 
 
 async def relay_as_is(
@@ -140,7 +167,7 @@ async def proxy_unified(
         await relay_as_is(upstream, routed, path, receive, send, extra_headers)
         return
     chat = dataclasses.replace(parsed[0], model=routed.model)
-    adapter = adapter_for(routed.row.slug)
+    adapter = adapter_for(routed.row)
     call = await build_call(adapter, chat, upstream, services)
     query = f"?{urlencode(dict(call.query))}" if call.query else ""
     response = await upstream.send(
@@ -235,7 +262,7 @@ async def proxy_embeddings(
     finally:
         response.release()
     if response.status >= 400:
-        info = adapter_for(routed.row.slug).parse_error(response.status, body)
+        info = adapter_for(routed.row).parse_error(response.status, body)
         rendered = request.client.render_error_body(info.status, info.type, info.message)
         await _send_json(send, info.status, orjson.dumps(rendered), extra_headers)
         return
@@ -244,6 +271,13 @@ async def proxy_embeddings(
 
 
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
+
+
+def _custom_row(slug: str) -> ProviderRow | None:
+    """An account's custom provider speaks OpenAI's format; its row is made on the fly."""
+    if not CUSTOM_PROVIDER.fullmatch(slug):
+        return None
+    return ProviderRow(slug, "openai", "bearer", None, "", "", "", "max_tokens", key_required=False)
 
 
 def route_model(model: object) -> tuple[ProviderRow, str]:
@@ -262,7 +296,7 @@ def route_model(model: object) -> tuple[ProviderRow, str]:
             param="model",
         )
     slug, name = routed
-    row = PROVIDERS.get(slug)
+    row = PROVIDERS.get(slug) or _custom_row(slug)
     if row is None:
         raise NotFound(
             f"Unknown provider '{slug}' in model '{model}'. Known providers: "

@@ -214,7 +214,7 @@ async def authorize_api_call(
             code="missing_token",
         )
     principal = await verifier.verify(token)
-    if not ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.fullmatch(account_id):
         shown = account_id if len(account_id) <= 80 else account_id[:77] + "..."
         raise NotFound(
             f"'{shown}' is not an account id: account ids are 32 lowercase hexadecimal characters.",

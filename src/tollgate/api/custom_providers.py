@@ -36,7 +36,6 @@ from fastapi.responses import Response
 
 from tollgate.api.envelope import DEFAULT_PER_PAGE, cloudflare_response, page_request, timestamp
 from tollgate.api.management import GatewayRoutes
-from tollgate.custom_provider_cache import CustomProviderCache
 from tollgate.custom_provider_config import (
     DEFAULT_ORDER,
     FIELDS,
@@ -82,9 +81,8 @@ def _shown(value: str) -> str:
 class CustomProviderRoutes:
     """The handlers; `custom_providers_router` mounts them."""
 
-    def __init__(self, services: Services, cache: CustomProviderCache) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.cache = cache
         self._gateways = GatewayRoutes(services)  # one implementation of the auth order
 
     async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
@@ -156,7 +154,8 @@ class CustomProviderRoutes:
             )
         except SlugTaken:
             raise await self._slug_taken(account_id, fields["slug"]) from None
-        self.cache.invalidate(account_id, record.slug)  # a cached miss for this slug
+        # Drop a cached miss for this slug.
+        self.services.custom_providers.invalidate(account_id, record.slug)
         return cloudflare_response(custom_provider_object(record))
 
     async def get_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
@@ -180,9 +179,9 @@ class CustomProviderRoutes:
         if changed is None:
             raise _not_found(account_id, id)
         before, after = changed
-        self.cache.invalidate(account_id, before.slug)
+        self.services.custom_providers.invalidate(account_id, before.slug)
         if after.slug != before.slug:
-            self.cache.invalidate(account_id, after.slug)
+            self.services.custom_providers.invalidate(account_id, after.slug)
         return cloudflare_response(custom_provider_object(after))
 
     async def delete_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
@@ -192,7 +191,7 @@ class CustomProviderRoutes:
         )
         if record is None:
             raise _not_found(account_id, id)
-        self.cache.invalidate(account_id, record.slug)
+        self.services.custom_providers.invalidate(account_id, record.slug)
         return cloudflare_response(custom_provider_object(record))
 
 
@@ -238,18 +237,10 @@ def _fields_body(*required: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def custom_providers_router(
-    services: Services, cache: CustomProviderCache | None = None
-) -> APIRouter:
-    """The custom providers routes; mount under `/client/v4`.
-
-    `cache` must be the data plane's `CustomProviderCache`, so that writes are seen at once;
-    by default `services.custom_providers` (once `Services` carries one), else a cache of its own.
-    """
-    if cache is None:
-        shared = getattr(services, "custom_providers", None)
-        cache = shared if isinstance(shared, CustomProviderCache) else None
-    routes = CustomProviderRoutes(services, cache or CustomProviderCache(services.store))
+def custom_providers_router(services: Services) -> APIRouter:
+    """The custom providers routes; mount under `/client/v4`. Writes invalidate the data
+    plane's cache (`services.custom_providers`), so they are seen at once."""
+    routes = CustomProviderRoutes(services)
     router = APIRouter(prefix="/accounts/{account_id}/ai-gateway", tags=["ai-gateway"])
     add = router.add_api_route
     add(

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
-from tollgate.ids import ACCOUNT_ID, GATEWAY_ID
+from tollgate.ids import ACCOUNT_ID, CUSTOM_PROVIDER, GATEWAY_ID
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
@@ -57,7 +57,7 @@ class DataPlane:
             if route.provider == COMPAT:
                 await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat")
                 return
-            wire = PROVIDERS[route.provider].wire
+            wire = PROVIDERS[route.provider].wire if route.provider in PROVIDERS else "openai"
             body = await read_body(scope, receive, self.max_body)
             request = NativeRequest(
                 account_id=route.account_id,
@@ -141,7 +141,7 @@ _HANDLERS = {"embeddings": proxy_embeddings, "v1/responses": proxy_responses}
 def parse_rest_route(scope: Scope) -> _Route:
     parts = scope["path"].split("/", 6)  # ['', 'client', 'v4', 'accounts', account, 'ai', rest]
     account_id, rest = parts[4], parts[6] if len(parts) == 7 else ""
-    if not ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.fullmatch(account_id):
         raise NotFound(
             f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
             code="account_not_found",
@@ -150,7 +150,7 @@ def parse_rest_route(scope: Scope) -> _Route:
         (v.decode("latin-1") for k, v in scope["headers"] if k == b"cf-aig-gateway-id"),
         "default",
     )
-    if not GATEWAY_ID.match(gateway_id):
+    if not GATEWAY_ID.fullmatch(gateway_id):
         raise InvalidRequest(
             f"cf-aig-gateway-id '{gateway_id}' is not a gateway id: up to 64 characters of "
             "a-z, 0-9, - and _.",
@@ -169,17 +169,17 @@ def parse_route(scope: Scope) -> _Route:
         )
     account_id, gateway_id, provider = parts[2], parts[3], parts[4]
     rest = parts[5] if len(parts) == 6 else ""
-    if not ACCOUNT_ID.match(account_id):
+    if not ACCOUNT_ID.fullmatch(account_id):
         raise NotFound(
             f"'{account_id}' is not an account id: ids are 32 lowercase hex characters.",
             code="account_not_found",
         )
-    if not GATEWAY_ID.match(gateway_id):
+    if not GATEWAY_ID.fullmatch(gateway_id):
         raise NotFound(
             f"'{gateway_id}' is not a gateway id: up to 64 characters of a-z, 0-9, - and _.",
             code="gateway_not_found",
         )
-    if provider not in PROVIDERS and provider != COMPAT:
+    if provider not in PROVIDERS and provider != COMPAT and not CUSTOM_PROVIDER.fullmatch(provider):
         raise NotFound(
             f"Unknown provider '{provider}'. Known providers: {', '.join(PROVIDERS)}.",
             code="provider_not_found",

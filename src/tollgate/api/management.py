@@ -33,7 +33,6 @@ Decisions where Cloudflare's documents are silent (body validation decisions are
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -62,6 +61,7 @@ from tollgate.gateway_config import (
     parse_gateway_create,
     parse_gateway_update,
 )
+from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
@@ -69,7 +69,6 @@ from tollgate.store import gateways as gateway_repo
 
 # Providers the data plane serves beyond the registry's rows (PRODUCT.md §2.1).
 _EXTRA_PROVIDERS = frozenset({"workers-ai", "compat"})
-_CUSTOM_PROVIDER = re.compile(r"^custom-[a-z0-9_-]{1,64}$")
 
 
 def gateway_object(record: GatewayRecord) -> dict[str, object]:
@@ -192,7 +191,7 @@ class GatewayRoutes:
         if not (
             provider in PROVIDERS
             or provider in _EXTRA_PROVIDERS
-            or _CUSTOM_PROVIDER.match(provider)
+            or CUSTOM_PROVIDER.fullmatch(provider)
         ):
             known = ", ".join(sorted({*PROVIDERS, *_EXTRA_PROVIDERS}))
             raise NotFound(

@@ -9,16 +9,15 @@ from tollgate.providers.anthropic import AnthropicAdapter
 from tollgate.providers.base import ProviderAdapter
 from tollgate.providers.google import GoogleAdapter
 from tollgate.providers.openai import OpenAIChatAdapter
-from tollgate.providers.registry import PROVIDERS
+from tollgate.providers.registry import ProviderRow
 
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
 
 
 @cache
-def adapter_for(slug: str) -> ProviderAdapter:
-    row = PROVIDERS[slug]
+def adapter_for(row: ProviderRow) -> ProviderAdapter:
     if row.wire == "anthropic":
-        return AnthropicAdapter(slug)
+        return AnthropicAdapter(row.slug)
     if row.wire == "google":
-        return GoogleAdapter(slug)
-    return OpenAIChatAdapter(slug, max_tokens_field=cast(MaxTokensField, row.max_tokens_field))
+        return GoogleAdapter(row.slug)
+    return OpenAIChatAdapter(row.slug, max_tokens_field=cast(MaxTokensField, row.max_tokens_field))

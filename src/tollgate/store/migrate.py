@@ -30,6 +30,12 @@ def pending_revisions(connection: Connection) -> list[str]:
     return list(reversed(revisions))
 
 
+def all_revisions() -> list[str]:
+    """Every migration shipped with this version, oldest first."""
+    script = ScriptDirectory.from_config(_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
 async def migrate(store: Store) -> list[str]:
     """Bring the schema to the newest revision; returns the revisions applied, oldest first."""
 

@@ -129,3 +129,26 @@ ledger_entries = Table(
     ),
     Index("ix_ledger_account_seq", "account_id", "seq"),
 )
+
+# Account-defined `custom-{slug}` providers (Cloudflare's custom providers). `headers` holds the
+# extra upstream headers as a JSON object string, exactly as the API echoes it.
+custom_providers = Table(
+    "custom_providers",
+    metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("id", String(32), primary_key=True),
+    Column("slug", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("base_url", String(2048), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("link", String(2048), nullable=True),
+    Column("enable", Boolean, nullable=False, server_default=false()),
+    Column("beta", Boolean, nullable=False, server_default=false()),
+    Column("curl_example", Text, nullable=True),
+    Column("js_example", Text, nullable=True),
+    Column("headers", Text, nullable=True),
+    Column("position", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("modified_at", UTCDateTime, nullable=False),
+    UniqueConstraint("account_id", "slug", name="uq_custom_providers_slug"),
+)
