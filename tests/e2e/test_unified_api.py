@@ -363,3 +363,29 @@ def test_compat_invalid_upstream_json_is_502(gateway: Gateway, sim: Sim) -> None
         )
     assert caught.value.status_code == 502
     assert len(sim.requests()) == 1
+
+
+def test_rest_ai_run_wraps_the_answer_in_cloudflares_envelope(gateway: Gateway, sim: Sim) -> None:
+    url = f"{gateway.url}/client/v4/accounts/{gateway.account.account_id}/ai/run"
+    auth = {"authorization": f"Bearer {gateway.account.token}"}
+    for model in ("openai/gpt-4o-mini", "anthropic/claude-sonnet-4-6"):
+        response = httpx.post(
+            url, headers=auth, json={"model": model, "input": {"prompt": "Say hello"}}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["state"] == "Completed"
+        assert body["gatewayMetadata"] == {"keySource": "Unified"}
+        assert body["result"]["choices"][0]["message"]["content"]
+    streamed = httpx.post(
+        url,
+        headers=auth,
+        json={
+            "model": "openai/gpt-4o-mini",
+            "input": {"messages": [{"role": "user", "content": "hi"}], "stream": True},
+        },
+    )
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    bad = httpx.post(url, headers=auth, json={"model": "openai/gpt-4o-mini", "input": "hi"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"

@@ -12,6 +12,7 @@ from typing import Literal
 
 from starlette.types import Receive, Scope, Send
 
+from tollgate.ai_run import EnvelopeSend, run_body_as_chat
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -114,6 +115,9 @@ class DataPlane:
                 code="route_not_found",
             )
         body = await read_body(scope, receive, self.max_body)
+        if surface == "rest" and route.path == "run":
+            body = run_body_as_chat(scope["headers"], body)
+            send = EnvelopeSend(send)
         request = UnifiedRequest(
             account_id=route.account_id,
             gateway_id=route.gateway_id,
@@ -134,6 +138,7 @@ REST_FORMATS = {
     "v1/chat/completions": OPENAI_CHAT,
     "v1/messages": ANTHROPIC_MESSAGES,
     "v1/responses": OPENAI_CHAT,  # errors in OpenAI's format; the body is relayed as is
+    "run": OPENAI_CHAT,  # the envelope is unwrapped to a chat request (tollgate.ai_run)
 }
 _HANDLERS = {"embeddings": proxy_embeddings, "v1/responses": proxy_responses}
 
