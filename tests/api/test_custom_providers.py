@@ -23,7 +23,7 @@ from tollgate.settings import Settings
 from tollgate.store import Account, Store
 from tollgate.store import accounts as account_repo
 from tollgate.store import custom_providers as repo
-from tollgate.store.migrate import current_revision, migrate
+from tollgate.store.migrate import all_revisions, current_revision, migrate
 
 OTHER_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"  # well-formed, not the caller's
 MISSING_ID = "f" * 32
@@ -567,8 +567,11 @@ def fields(slug: str, **more: Any) -> dict[str, Any]:
     return {"slug": slug, "name": f"N {slug}", "base_url": f"https://{slug}.example", **more}
 
 
-async def test_migration_0002_creates_the_table(store: Store) -> None:
-    assert await current_revision(store) == "0002"
+async def test_migration_0002_creates_the_table(store: Store, account: Account) -> None:
+    assert "0002" in all_revisions()
+    assert await current_revision(store) == all_revisions()[-1]
+    page = await repo.list_custom_providers(store, account.id)
+    assert page.total == 0  # the table exists and is empty
 
 
 async def test_repo_round_trips_by_id_and_slug(store: Store, account: Account) -> None:
