@@ -30,11 +30,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tollgate.api.envelope import DEFAULT_PER_PAGE, cloudflare_response, page_request, timestamp
+from tollgate.api.envelope import (
+    DEFAULT_PER_PAGE,
+    cloudflare_response,
+    page_request,
+    read_json_body,
+    timestamp,
+)
 from tollgate.api.management import GatewayRoutes
 from tollgate.custom_provider_config import (
     DEFAULT_ORDER,
@@ -45,7 +50,7 @@ from tollgate.custom_provider_config import (
     parse_custom_provider_update,
     parse_list_query,
 )
-from tollgate.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.errors import Conflict, NotFound
 from tollgate.services import Services
 from tollgate.store import custom_providers as custom_provider_repo
 from tollgate.store.custom_providers import CustomProviderRecord, SlugTaken
@@ -94,22 +99,7 @@ class CustomProviderRoutes:
 
     async def _json_body(self, request: Request) -> object:
         limit = self.services.settings.server.max_body_bytes
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-        if not body.strip():
-            raise InvalidRequest(
-                "The request body is empty: send the custom provider's fields as a JSON object.",
-                code="invalid_json",
-            )
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}).", code="invalid_json"
-            ) from None
+        return await read_json_body(request, limit, "the custom provider's fields")
 
     async def _slug_taken(self, account_id: str, slug: str) -> Conflict:
         holder = await custom_provider_repo.get_custom_provider_by_slug(

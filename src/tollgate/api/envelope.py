@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi.responses import Response
+from starlette.requests import Request
 
 from tollgate.api.render import dumps
-from tollgate.errors import InvalidRequest
+from tollgate.errors import InvalidRequest, PayloadTooLarge
 
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 50
@@ -79,3 +81,25 @@ def _positive(query: Mapping[str, str], name: str, default: int, maximum: int) -
             param=name,
         )
     return int(raw)
+
+
+async def read_json_body(request: Request, limit: int, what: str) -> object:
+    """The request's JSON body, refusing (413) more than `limit` bytes before reading it all.
+
+    `what` completes "send ... as a JSON object" in the message for an empty body.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    if not body.strip():
+        raise InvalidRequest(
+            f"The request body is empty: send {what} as a JSON object.", code="invalid_json"
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({exc}).", code="invalid_json"
+        ) from None

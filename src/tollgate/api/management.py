@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -45,13 +44,12 @@ from tollgate.api.envelope import (
     MAX_PER_PAGE,
     cloudflare_response,
     page_request,
+    read_json_body,
     timestamp,
 )
 from tollgate.errors import (
     Conflict,
-    InvalidRequest,
     NotFound,
-    PayloadTooLarge,
 )
 from tollgate.gateway_cache import DEFAULT_GATEWAY_ID
 from tollgate.gateway_config import (
@@ -103,22 +101,7 @@ class GatewayRoutes:
 
     async def _json_body(self, request: Request) -> object:
         limit = self.services.settings.server.max_body_bytes
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-        if not body.strip():
-            raise InvalidRequest(
-                "The request body is empty: send the gateway settings as a JSON object.",
-                code="invalid_json",
-            )
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}).", code="invalid_json"
-            ) from None
+        return await read_json_body(request, limit, "the gateway settings")
 
     async def _existing(self, account_id: str, gateway_id: str) -> GatewayRecord:
         record = await gateway_repo.get_gateway(self.services.store, account_id, gateway_id)
