@@ -389,3 +389,35 @@ def test_rest_ai_run_wraps_the_answer_in_cloudflares_envelope(gateway: Gateway, 
     assert streamed.text.rstrip().endswith("data: [DONE]")
     bad = httpx.post(url, headers=auth, json={"model": "openai/gpt-4o-mini", "input": "hi"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+
+
+@pytest.mark.parametrize(
+    ("base", "model"),
+    [
+        ("openai", "gpt-4o-mini"),
+        ("compat", "anthropic/claude-sonnet-4-6"),
+        ("compat", "google-ai-studio/gemini-2.5-flash"),
+    ],
+)
+def test_streams_are_flushed_chunk_by_chunk(
+    gateway: Gateway, sim: Sim, base: str, model: str
+) -> None:
+    import time
+
+    # The simulator waits 400 ms between frames; a relay that buffered would deliver the first
+    # piece only at the end, after more than a second.
+    prompt = "one two three four five six [sim chunk-delay-ms=400 chunks=4]"
+    started = time.monotonic()
+    arrivals: list[float] = []
+    with httpx.stream(
+        "POST",
+        f"{gateway.base(base)}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.account.token}"},
+        json={"model": model, "stream": True, "messages": [{"role": "user", "content": prompt}]},
+        timeout=30,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 3
+    assert arrivals[0] < arrivals[-1] - 0.7  # the first text arrived long before the last
