@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from tollgate.api.admin import admin_router
+from tollgate.api.billing import billing_router, stripe_webhook_router
 from tollgate.api.custom_providers import custom_providers_router
 from tollgate.api.dataplane import DataPlane
 from tollgate.api.management import management_router
@@ -75,6 +76,8 @@ def _control_app(services: Services) -> FastAPI:
     control.include_router(management_router(services), prefix="/client/v4")
     control.include_router(models_router(services), prefix="/client/v4")
     control.include_router(custom_providers_router(services), prefix="/client/v4")
+    control.include_router(billing_router(services, services.topups), prefix="/client/v4")
+    control.include_router(stripe_webhook_router(services, services.topups))
     control.include_router(admin_router(services), prefix="/admin/v1")
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -147,6 +150,8 @@ class TollgateApp:
             }
         await self.upstream.start()
         stack.push_async_callback(self.upstream.close)
+        stack.push_async_callback(services.topups.aclose)
+        await self._recover_holds()
         if services.settings.sandbox_mode:
             self.sandbox_credentials = await bootstrap_sandbox(services)
         # Everything allocated so far lives as long as the process: move it out of the garbage
@@ -155,6 +160,15 @@ class TollgateApp:
         gc.freeze()
         if self.announce is not None:
             self.announce(services, self.sandbox_credentials)
+
+    async def _recover_holds(self) -> None:
+        """Resolve holds a crashed process left open (the policy is in billing/ledger.py).
+
+        One process on SQLite is the database's only user, so every open hold at start-up is
+        abandoned; with PostgreSQL other processes may be mid-request, so only expired ones are.
+        """
+        sole_user = self.services.store.dialect == "sqlite"
+        await self.services.ledger.recover(all_open=sole_user)
 
     async def shutdown(self) -> None:
         if self._exit_stack is not None:

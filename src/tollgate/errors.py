@@ -22,6 +22,8 @@ The message always says what to do next; the code never changes once published.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -103,3 +105,52 @@ class ServiceUnavailable(GatewayError):
 class UpstreamTimeout(GatewayError):
     status = 504
     default_code = "upstream_timeout"
+
+
+class InsufficientBalance(InsufficientCredits):
+    """402 insufficient_credits, carrying the amount a hold needed and what was available."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        needed_nanos: int,
+        available_nanos: int,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        self.needed_nanos = needed_nanos
+        self.available_nanos = available_nanos
+
+
+class SpendLimitExceeded(RateLimited):
+    """429 spend_limit_exceeded: an account or gateway spending limit would be passed.
+
+    `retry_after` is whole seconds until the request could fit (also sent as `Retry-After`),
+    `reset_at` the UTC instant, `limits` the labels of every limit that refused.
+    """
+
+    default_code = "spend_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        reset_at: datetime,
+        limits: tuple[str, ...] = (),
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            param=param,
+            headers={"Retry-After": str(retry_after), **(headers or {})},
+        )
+        self.retry_after = retry_after
+        self.reset_at = reset_at
+        self.limits = limits

@@ -8,7 +8,6 @@ every check that can refuse has passed.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 
@@ -16,12 +15,21 @@ import orjson
 from starlette.types import Receive, Send
 
 from tollgate.api.auth import Principal, authorize
+from tollgate.billing.requests import (
+    RequestFacts,
+    native_facts,
+    with_output_cap,
+    with_usage_requested,
+)
+from tollgate.billing.watch import UsageWatch
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
-from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
+from tollgate.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
 from tollgate.providers.registry import PROVIDERS
+from tollgate.providers.select import adapter_for
+from tollgate.relay import relay
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
-from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
+from tollgate.upstream import Upstream
 
 # Endpoints whose bodies are JSON objects; anything else (uploads, GETs) passes through as bytes.
 _JSON_ENDPOINTS = re.compile(
@@ -29,7 +37,6 @@ _JSON_ENDPOINTS = re.compile(
     r"|^v1(beta)?/models/[^/]+:(generateContent|streamGenerateContent|countTokens|embedContent"
     r"|batchEmbedContents)$"
 )
-_STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
 _STREAMED_JSON_ENDPOINT = ":streamGenerateContent"
 
 
@@ -55,26 +62,77 @@ async def proxy_native(
 ) -> None:
     inbound = split_credentials(request.headers, request.query)
     principal = await authenticate(services, request.account_id, inbound)
-    validate_body(request)
+    parsed = validate_body(request)
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
+    watch: UsageWatch | None = None
+    body = request.body
     if request.provider.startswith(CUSTOM_PREFIX):
         base_url, headers = await custom_provider_target(services, request, inbound)
     else:
         headers = choose_credentials(services, request.provider, inbound)
         base_url = services.providers[request.provider].base_url
+        watch, body, extra = await admit_native(services, request, gateway, inbound, parsed)
+        extra_headers = extra_headers + extra
     url = f"{base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
-    response = await upstream.send(
-        provider=request.provider,
-        method=request.method,
-        url=url,
-        headers=headers,
-        body=request.body,
-    )
-    del gateway  # resolved for its checks; features (logs, limits) use it in later steps
+    try:
+        response = await upstream.send(
+            provider=request.provider,
+            method=request.method,
+            url=url,
+            headers=headers,
+            body=body,
+        )
+    except GatewayError:
+        if watch is not None:
+            await watch.finish(502, None)  # nothing was produced: the hold is released
+        raise
     streamed = request.path.endswith(_STREAMED_JSON_ENDPOINT)
-    await relay(response, receive, send, extra_headers, stream_json=streamed)
+    await relay(response, receive, send, extra_headers, stream_json=streamed, watch=watch)
+
+
+async def admit_native(
+    services: Services,
+    request: NativeRequest,
+    gateway: GatewayRecord,
+    inbound: InboundCredentials,
+    parsed: dict[str, object] | None,
+) -> tuple[UsageWatch | None, bytes, list[tuple[bytes, bytes]]]:
+    """Price and hold a native request; returns the usage watch, the body to send (rewritten
+    only to cap the output or to ask a stream for usage) and extra response headers."""
+    row = PROVIDERS[request.provider]
+    facts = native_facts(row.wire, request.path, parsed)
+    admission = await services.meter.admit(
+        account_id=request.account_id,
+        gateway=gateway,
+        provider=request.provider,
+        facts=facts,
+        body=request.body,
+        unified=not inbound.provider_key,
+    )
+    if not admission.metered:
+        return None, request.body, []
+    extra: list[tuple[bytes, bytes]] = []
+    rewrite = parsed is not None and (
+        admission.capped_tokens is not None or _needs_usage_chunk(row.wire, facts)
+    )
+    if parsed is not None and admission.capped_tokens is not None:
+        with_output_cap(facts.kind, parsed, admission.capped_tokens, row.max_tokens_field)
+        extra.append((b"cf-aig-max-tokens-capped", str(admission.capped_tokens).encode()))
+    strip = _needs_usage_chunk(row.wire, facts)
+    if parsed is not None and strip:
+        with_usage_requested(parsed)
+    body = orjson.dumps(parsed) if rewrite else request.body
+    watch = UsageWatch(services.meter, admission, adapter_for(row), facts, strip_usage_chunk=strip)
+    return watch, body, extra
+
+
+def _needs_usage_chunk(wire: str, facts: RequestFacts) -> bool:
+    """An OpenAI chat stream reports usage only when asked: the gateway always asks."""
+    return (
+        wire == "openai" and facts.kind == "chat" and facts.stream and not facts.wants_usage_chunk
+    )
 
 
 async def authenticate(
@@ -94,10 +152,11 @@ async def authenticate(
     return principal
 
 
-def validate_body(request: NativeRequest) -> None:
+def validate_body(request: NativeRequest) -> dict[str, object] | None:
     """JSON endpoints must get a JSON object; malformed input never reaches an upstream."""
     if request.method == "POST" and _JSON_ENDPOINTS.match(request.path):
-        parse_json_object(request.headers, request.body, request.path)
+        return parse_json_object(request.headers, request.body, request.path)
+    return None
 
 
 def parse_json_object(
@@ -171,67 +230,3 @@ def choose_credentials(
     if inbound.provider_key:
         return inbound.headers
     return [*inbound.headers, *upstream_auth(PROVIDERS[provider], target)]
-
-
-async def relay(
-    response: UpstreamResponse,
-    receive: Receive,
-    send: Send,
-    extra_headers: list[tuple[bytes, bytes]],
-    *,
-    stream_json: bool = False,
-) -> None:
-    """Send the upstream's status, headers and bytes to the client, unchanged.
-
-    Event streams (and `stream_json` bodies: Gemini's streamed JSON array) are relayed chunk
-    by chunk as they arrive. Any other body is read whole first, so an upstream that breaks
-    off mid-body is a clean 502 rather than half a JSON document under a 200.
-    """
-    headers = response.headers + extra_headers
-    streaming = response.content_type.startswith(_STREAM_TYPES) or (
-        stream_json and response.status < 400
-    )
-    if not streaming:
-        try:
-            body = await response.read()
-        finally:
-            response.release()
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
-    try:
-        async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UpstreamStreamBroken as exc:
-        if not watcher.done():
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": _stream_error_event(str(exc)),
-                    "more_body": True,
-                }
-            )
-    finally:
-        watcher.cancel()
-        response.release()
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def close_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    response.close()  # stops the relay loop and frees the upstream connection
-
-
-def _stream_error_event(cause: str) -> bytes:
-    error = {
-        "error": {
-            "message": f"The upstream stream broke before it finished: {cause}",
-            "type": "api_error",
-            "code": "upstream_stream_broken",
-        }
-    }
-    return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 from tollgate.api.auth import OperatorAuth, TokenVerifier
 from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
+from tollgate.billing.ledger import Ledger
+from tollgate.billing.meter import Meter
+from tollgate.billing.payments import build_payment_provider
+from tollgate.billing.topup import TopUps
 from tollgate.custom_provider_cache import CustomProviderCache
 from tollgate.gateway_cache import GatewayCache
 from tollgate.settings import Settings, SettingsError
@@ -33,6 +37,9 @@ class Services:
     gateways: GatewayCache
     custom_providers: CustomProviderCache
     catalog: Catalog
+    ledger: Ledger
+    meter: Meter
+    topups: TopUps
     # Filled in by the lifespan: in sandbox mode the simulator's address is known only then.
     providers: dict[str, UpstreamTarget] = field(default_factory=dict)
     sandbox_base_url: str | None = None
@@ -50,6 +57,12 @@ class Services:
                 "Fix [billing.price_overrides] in tollgate.toml."
             ) from None
         store = store or Store(settings.database.url)
+        ledger = Ledger(store)
+        topups = TopUps(
+            store,
+            build_payment_provider(settings),
+            fee_percent=settings.billing.purchase_fee_percent,
+        )
         admin = settings.operator.admin_token
         return cls(
             settings=settings,
@@ -59,4 +72,7 @@ class Services:
             gateways=GatewayCache(store),
             custom_providers=CustomProviderCache(store),
             catalog=catalog,
+            ledger=ledger,
+            meter=Meter(store, catalog, ledger, on_settled=topups.schedule_auto_topup),
+            topups=topups,
         )

@@ -12,6 +12,7 @@ expected and where to set it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -73,6 +74,11 @@ class BillingSettings(BaseModel):
     # Per-model price changes or additions: {"openai/gpt-4o": {"input": "2.00", ...}} in USD per
     # million tokens, as decimal strings (see docs/configuration.md).
     price_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The stripe payment provider: the account's secret key, the webhook signing secret, and an
+    # API base for a Stripe-compatible server (tests); see docs/configuration.md.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
 
 
 class ProviderSettings(BaseModel):
@@ -227,8 +233,20 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+        node[path[-1]] = _env_value(name, value)
     return overrides
+
+
+def _env_value(name: str, value: str) -> Any:
+    """A table-valued setting (e.g. billing.price_overrides) is given as a JSON object."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(
+            f"{name} looks like a JSON object but is not valid JSON: {exc}"
+        ) from None
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:

@@ -34,14 +34,13 @@ from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
     CUSTOM_PREFIX,
     authenticate,
-    close_on_disconnect,
     parse_json_object,
-    relay,
     resolve_gateway,
 )
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
 from tollgate.providers.select import adapter_for
+from tollgate.relay import close_on_disconnect, relay
 from tollgate.services import Services, UpstreamTarget
 from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
 

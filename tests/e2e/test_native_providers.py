@@ -3,6 +3,8 @@ each driven by its official SDK; the managed key is injected the provider's own 
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import openai
@@ -11,6 +13,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from tests.e2e.conftest import Gateway, Sim, managed_key
+from tollgate.billing.catalog import load_catalog
 
 
 def last_request(sim: Sim) -> dict[str, object]:
@@ -169,19 +172,40 @@ def test_gemini_key_in_query_string_is_stripped(gateway: Gateway, sim: Sim) -> N
         ("deepseek", "chat/completions"),
         ("cerebras", "chat/completions"),
         ("perplexity-ai", "chat/completions"),
-        ("openrouter", "chat/completions"),
     ],
 )
 def test_openai_compatible_family(gateway: Gateway, sim: Sim, provider: str, path: str) -> None:
     base = gateway.base(provider)
     if path.startswith("v1/"):
         base += "/v1"
+    model = load_catalog().models(provider=provider)[0].model  # a model the gateway can bill
     client = openai.OpenAI(api_key=gateway.account.token, base_url=base, max_retries=0)
     reply = client.chat.completions.create(
-        model="some-model", messages=[{"role": "user", "content": "hi"}]
+        model=model, messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.choices[0].message.content
     assert headers_of(last_request(sim))["authorization"] == f"Bearer {managed_key(provider)}"
+
+
+def test_a_provider_without_prices_needs_the_clients_own_key(gateway: Gateway, sim: Sim) -> None:
+    # OpenRouter passes its own changing prices through; the catalog cannot bill it.
+    managed = openai.OpenAI(
+        api_key=gateway.account.token, base_url=gateway.base("openrouter"), max_retries=0
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        managed.chat.completions.create(
+            model="meta/llama", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "unpriced_model"
+    assert sim.requests() == []
+    own = openai.OpenAI(
+        api_key="sk-or-own",
+        base_url=gateway.base("openrouter"),
+        max_retries=0,
+        default_headers={"cf-aig-authorization": f"Bearer {gateway.account.token}"},
+    )
+    own.chat.completions.create(model="meta/llama", messages=[{"role": "user", "content": "hi"}])
+    assert headers_of(last_request(sim))["authorization"] == "Bearer sk-or-own"
 
 
 def test_workers_ai_is_the_operators_own_server_with_an_optional_key(
@@ -189,7 +213,21 @@ def test_workers_ai_is_the_operators_own_server_with_an_optional_key(
     sim: Sim,
 ) -> None:
     base = f"{sim.url}/openai"
-    with start_gateway(TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base) as gateway:
+    # The operator's own models have no public price: the operator sets one.
+    prices = json.dumps(
+        {
+            "workers-ai/llama-3.1-8b-instruct": {
+                "provider": "workers-ai",
+                "context_window": 131072,
+                "max_output_tokens": 8192,
+                "input": "0.05",
+                "output": "0.10",
+            }
+        }
+    )
+    with start_gateway(
+        TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base, TOLLGATE_BILLING__PRICE_OVERRIDES=prices
+    ) as gateway:
         client = openai.OpenAI(
             api_key=gateway.account.token,
             base_url=f"{gateway.base('workers-ai')}/v1",
@@ -205,7 +243,9 @@ def test_workers_ai_is_the_operators_own_server_with_an_optional_key(
 
     sim.clear()
     with start_gateway(
-        TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base, TOLLGATE_PROVIDERS__WORKERS_AI__API_KEY=""
+        TOLLGATE_PROVIDERS__WORKERS_AI__BASE_URL=base,
+        TOLLGATE_PROVIDERS__WORKERS_AI__API_KEY="",
+        TOLLGATE_BILLING__PRICE_OVERRIDES=prices,
     ) as gateway:
         client = openai.OpenAI(
             api_key=gateway.account.token,

@@ -74,7 +74,9 @@ def test_first_start_creates_demo_account_token_and_credits(tmp_path: Path) -> N
             await store.close()
 
     balance, ledger_total = asyncio.run(balance_and_ledger())
-    assert balance == ledger_total == 10 * 10**9  # $10 of sandbox credits
+    assert balance == ledger_total
+    # $10 of sandbox credits, less what the three calls above cost.
+    assert 9 * 10**9 < balance < 10 * 10**9
 
 
 def test_second_start_reuses_the_same_credentials(tmp_path: Path) -> None:

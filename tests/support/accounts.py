@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-from tollgate.operator import issue_token
+from tollgate.operator import grant_credits, issue_token
 from tollgate.store import Store
 from tollgate.store import accounts as account_repo
 from tollgate.store import tokens as token_repo
@@ -26,6 +26,7 @@ async def seed_account_async(
     permissions: frozenset[str] = frozenset({"run", "read", "edit"}),
     expires_at: datetime | None = None,
     name: str = "test account",
+    credits_cents: int = 10_000,
 ) -> Seeded:
     store = Store(database_url)
     try:
@@ -34,6 +35,8 @@ async def seed_account_async(
         record, token = await issue_token(
             store, account.id, name="test token", permissions=permissions, expires_at=expires_at
         )
+        if credits_cents:
+            await grant_credits(store, account.id, amount_cents=credits_cents, note="test credits")
         return Seeded(account.id, token, record.id)
     finally:
         await store.close()

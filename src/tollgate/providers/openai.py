@@ -114,6 +114,39 @@ def usage_from_response(response: Mapping[str, Any]) -> Usage:
     )
 
 
+def responses_usage(usage: Mapping[str, Any]) -> Usage:
+    """The Responses API's `usage` object, same semantics as Chat Completions under other names:
+    `input_tokens` INCLUDES `input_tokens_details.cached_tokens`; `output_tokens` INCLUDES
+    `output_tokens_details.reasoning_tokens`."""
+    details_in = usage.get("input_tokens_details") or {}
+    details_out = usage.get("output_tokens_details") or {}
+    return Usage(
+        input_tokens=int_field(usage, "input_tokens"),
+        output_tokens=int_field(usage, "output_tokens"),
+        cached_input_tokens=int_field(details_in, "cached_tokens"),
+        reasoning_tokens=int_field(details_out, "reasoning_tokens"),
+    )
+
+
+class ResponsesUsageObserver:
+    """Pass-through usage for Responses API streams: the `usage` inside `response.completed`."""
+
+    __slots__ = ("_last", "_scanner")
+
+    def __init__(self) -> None:
+        self._scanner = JSONValueScanner("usage")
+        self._last: JSON | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        found = self._scanner.feed(chunk)
+        if found:
+            self._last = found[-1]
+
+    @property
+    def usage(self) -> Usage | None:
+        return None if self._last is None else responses_usage(self._last)
+
+
 class OpenAIChatAdapter:
     """Chat Completions. Constructor arguments are the per-vendor quirks a registry row sets."""
 

@@ -45,11 +45,12 @@ async def append_entry(
     amount_nanos: int,
     note: str = "",
     reference: str | None = None,
+    model: str | None = None,
 ) -> tuple[LedgerEntry, bool]:
     """Credit (or debit, if negative) an account and record the entry, atomically.
 
     With a `reference`, the same (account, reference) is applied at most once: a repeat returns
-    the first entry and `False`.
+    the first entry and `False`. `model` names what a `usage` entry was billed for.
     """
     try:
         async with store.write() as conn:
@@ -76,6 +77,7 @@ async def append_entry(
                     note=note,
                     reference=reference,
                     created_at=now(),
+                    model=model,
                 )
                 .returning(*ledger_entries.c)
             )

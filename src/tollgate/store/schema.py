@@ -122,12 +122,15 @@ ledger_entries = Table(
     # An idempotency key: the same (account, reference) is credited at most once.
     Column("reference", String(200), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # The model a `usage` entry was billed for, `provider/model` (migration 0004).
+    Column("model", String(200), nullable=True),
     UniqueConstraint("account_id", "reference", name="uq_ledger_reference"),
     CheckConstraint(
         "kind IN ('grant', 'topup', 'auto_topup', 'usage', 'refund', 'adjustment')",
         name="ck_ledger_kind",
     ),
     Index("ix_ledger_account_seq", "account_id", "seq"),
+    Index("ix_ledger_account_created", "account_id", "created_at"),
 )
 
 # Account-defined `custom-{slug}` providers (Cloudflare's custom providers). `headers` holds the

@@ -1,0 +1,201 @@
+"""The pipeline's billing step: price and hold before forwarding, settle after.
+
+    admission = await meter.admit(...)     # 400 unpriced, 402 insufficient_credits, 429 limit
+    ... forward, relay, observe usage ...
+    settlement = await meter.settle(admission, usage, produced=...)
+
+What is held: the prompt estimate (`billing.requests.estimate_prompt_tokens`) at the input price
+plus the output cap (the request's, or the model's maximum) at the output price. When the balance
+cannot cover the model's maximum output and the request set no cap, the cap is lowered to what the
+balance affords (`Admission.capped_tokens`; the pipeline rewrites the body and says so in the
+`cf-aig-max-tokens-capped` header); below `MIN_USEFUL_OUTPUT_TOKENS` the request is refused.
+
+Unified Billing requests hold credits and count toward every limit. BYOK requests for a priced
+model count toward the gateway's spend-limit rules only (as Cloudflare does); BYOK requests for an
+unpriced model are not metered at all. A Unified Billing request for an unpriced model, or for an
+endpoint the gateway cannot price, is refused before it is forwarded.
+
+Settling: measured usage is charged at the catalog price. A call that produced nothing (an
+upstream error, a connection that failed before any byte) is released, never billed. A response
+that produced output but whose usage was never seen (the client went away mid-stream) is charged
+an estimate: the prompt estimate plus a quarter of the relayed bytes as output, flagged estimated.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tollgate.billing.catalog import Catalog, ModelPrice
+from tollgate.billing.ledger import Ledger, Settlement
+from tollgate.billing.limits import applicable_limits
+from tollgate.billing.requests import RequestFacts, estimate_prompt_tokens
+from tollgate.cache import RefreshingCache
+from tollgate.canonical import Usage
+from tollgate.errors import InsufficientBalance, InvalidRequest
+from tollgate.store import GatewayRecord, Store
+from tollgate.store import limits as limits_repo
+from tollgate.store.holds import Hold
+
+MIN_USEFUL_OUTPUT_TOKENS = 64
+BYTES_PER_OUTPUT_TOKEN = 4
+
+
+@dataclass(slots=True)
+class Admission:
+    """One request's billing state between admission and settlement."""
+
+    hold: Hold | None  # None: nothing is metered for this request
+    price: ModelPrice | None
+    provider: str
+    prompt_estimate: int
+    capped_tokens: int | None  # the output cap the gateway imposed, if it had to
+    uses_credits: bool
+
+    @property
+    def metered(self) -> bool:
+        return self.hold is not None
+
+
+NOT_METERED = Admission(None, None, "", 0, None, False)
+
+
+class Meter:
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        ledger: Ledger,
+        on_settled: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.ledger = ledger
+        # Told (account id, balance after) after every settle that used credits: auto top-up.
+        self.on_settled = on_settled
+        self._account_limits: RefreshingCache[str, limits_repo.AccountLimit | None] = (
+            RefreshingCache(lambda account: limits_repo.get_account_limit(store, account), ttl=5.0)
+        )
+
+    def forget_account_limit(self, account_id: str) -> None:
+        self._account_limits.invalidate(account_id)
+
+    async def admit(
+        self,
+        *,
+        account_id: str,
+        gateway: GatewayRecord,
+        provider: str,
+        facts: RequestFacts,
+        body: bytes,
+        unified: bool,
+        metadata: dict[str, Any] | None = None,
+    ) -> Admission:
+        """Hold the request's upper-bound cost, or refuse it. Nothing is forwarded before this."""
+        if facts.kind == "free" or (facts.kind == "unknown" and not unified):
+            return NOT_METERED
+        if facts.kind == "unknown":
+            raise InvalidRequest(
+                f"This {provider} endpoint is not available through Unified Billing (the gateway "
+                "cannot price it). Send your own provider key to use it.",
+                code="endpoint_not_billable",
+            )
+        price = self.catalog.lookup(provider, facts.model or "")
+        if price is None:
+            if not unified:
+                return NOT_METERED
+            raise InvalidRequest(
+                f"The model '{facts.model}' has no price in this gateway's catalog, so it "
+                "cannot be billed. Use a model listed by /compat/models, or ask the operator "
+                "to price it.",
+                code="unpriced_model",
+                param="model",
+            )
+        limits = applicable_limits(
+            account_id,
+            account_limit_config=await self._account_limits.get(account_id),
+            gateway_id=gateway.id,
+            spend_limits=gateway.config.get("spend_limits"),
+            model=price.model,
+            provider=price.provider,
+            metadata=metadata,
+            unified_billing=unified,
+        )
+        if not unified and not limits:
+            return NOT_METERED
+        prompt = estimate_prompt_tokens(body)
+        output = 0 if facts.kind == "embeddings" else facts.max_output_tokens
+        capped = None
+        try:
+            hold = await self._hold(account_id, gateway, price, prompt, output, limits, unified)
+        except InsufficientBalance as short:
+            capped = self._affordable_output(price, prompt, short) if output is None else None
+            if capped is None:
+                raise
+            hold = await self._hold(account_id, gateway, price, prompt, capped, limits, unified)
+        hold = await self.ledger.mark_forwarded(hold)
+        return Admission(hold, price, price.provider, prompt, capped, unified)
+
+    async def _hold(
+        self,
+        account_id: str,
+        gateway: GatewayRecord,
+        price: ModelPrice,
+        prompt: int,
+        output: int | None,
+        limits: list[Any],
+        unified: bool,
+    ) -> Hold:
+        out = price.max_output_tokens if output is None else output
+        upper = self.catalog.cost(price.provider, price, Usage(prompt, out))
+        recovery = self.catalog.cost(price.provider, price, Usage(prompt, 0))
+        return await self.ledger.hold(
+            account_id,
+            f"req_{secrets.token_hex(12)}",
+            upper,
+            gateway_id=gateway.id,
+            limits=limits,
+            model=price.id,
+            recovery_charge_nanos=recovery,
+            uses_credits=unified,
+        )
+
+    def _affordable_output(
+        self, price: ModelPrice, prompt: int, short: InsufficientBalance
+    ) -> int | None:
+        """The largest output cap the available credits cover, or None below a useful one."""
+        prompt_cost = self.catalog.cost(price.provider, price, Usage(prompt, 0))
+        per_token = self.catalog.cost(price.provider, price, Usage(0, 1_000_000))
+        room = short.available_nanos - prompt_cost
+        if per_token <= 0 or room <= 0:
+            return None
+        tokens = min(room * 1_000_000 // per_token, price.max_output_tokens)
+        return tokens if tokens >= MIN_USEFUL_OUTPUT_TOKENS else None
+
+    async def settle(
+        self, admission: Admission, usage: Usage | None, *, produced_bytes: int
+    ) -> Settlement | None:
+        """Charge what was used; release when nothing was produced; estimate when unseen."""
+        if admission.hold is None or admission.price is None:
+            return None
+        if usage is None and produced_bytes == 0:
+            return await self.ledger.release(admission.hold)
+        estimated = usage is None
+        if usage is None:
+            output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
+            usage = Usage(admission.prompt_estimate, output)
+        cost = self.catalog.cost(admission.provider, admission.price, usage)
+        settlement = await self.ledger.settle(
+            admission.hold,
+            cost,
+            estimated=estimated,
+            note=f"{admission.price.id}: {usage.input_tokens} in, {usage.output_tokens} out"
+            + (" (estimated)" if estimated else ""),
+        )
+        balance = settlement.balance_after_nanos
+        if self.on_settled is not None and balance is not None and not settlement.replayed:
+            self.on_settled(settlement.account_id, balance)
+        return settlement

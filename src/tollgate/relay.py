@@ -1,0 +1,101 @@
+"""Relaying an upstream's answer to the client unchanged, observing usage as bytes go past.
+
+Event streams (and `stream_json` bodies: Gemini's streamed JSON array) are relayed chunk by chunk
+as they arrive. Any other body is read whole first, so an upstream that breaks off mid-body is a
+clean 502 rather than half a JSON document under a 200, and its cost can go in the headers.
+A stream's cost is known only at its end: on OpenAI and Anthropic streams it follows as an SSE
+comment (`: cf-aig-cost=...`), which their clients ignore; google-genai's parser rejects comment
+lines, so Gemini streams carry none (the cost is in the request's log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.types import Receive, Send
+
+from tollgate.billing.watch import UsageWatch, cost_headers, sse_cost_comment
+from tollgate.errors import GatewayError
+from tollgate.upstream import UpstreamResponse, UpstreamStreamBroken
+
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
+
+
+async def relay(
+    response: UpstreamResponse,
+    receive: Receive,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+    *,
+    stream_json: bool = False,
+    watch: UsageWatch | None = None,
+) -> None:
+    """Send the upstream's status, headers and bytes to the client; settle the hold if any."""
+    headers = response.headers + extra_headers
+    streaming = response.content_type.startswith(STREAM_TYPES) or (
+        stream_json and response.status < 400
+    )
+    if not streaming:
+        await _relay_whole(response, send, headers, watch)
+        return
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
+    tail = b""
+    try:
+        async for chunk in response.chunks():
+            out = watch.feed(chunk) if watch is not None else chunk
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+    except UpstreamStreamBroken as exc:
+        if not watcher.done():
+            tail = _stream_error_event(str(exc))
+    finally:
+        watcher.cancel()
+        response.release()
+        if watch is not None:
+            tail = watch.tail() + tail
+            settlement = await watch.finish(response.status, watch.observer.usage)
+            if watch.cost_comment and response.content_type.startswith(b"text/event-stream"):
+                tail += sse_cost_comment(settlement)
+    await send({"type": "http.response.body", "body": tail})
+
+
+async def _relay_whole(
+    response: UpstreamResponse,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    watch: UsageWatch | None,
+) -> None:
+    try:
+        body = await response.read()
+    except GatewayError:
+        if watch is not None:
+            await watch.finish(502, None)
+        raise
+    finally:
+        response.release()
+    if watch is not None:
+        watch.produced = len(body)
+        usage = watch.usage_from_body(body) if response.status < 400 else None
+        headers = headers + cost_headers(await watch.finish(response.status, usage))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def close_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    response.close()  # stops the relay loop and frees the upstream connection
+
+
+def _stream_error_event(cause: str) -> bytes:
+    error = {
+        "error": {
+            "message": f"The upstream stream broke before it finished: {cause}",
+            "type": "api_error",
+            "code": "upstream_stream_broken",
+        }
+    }
+    return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
