@@ -14,19 +14,14 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import Receive, Send
 
+from tollgate.admission import admit
 from tollgate.api.auth import Principal, authorize
-from tollgate.billing.requests import (
-    RequestFacts,
-    native_facts,
-    with_output_cap,
-    with_usage_requested,
-)
+from tollgate.billing.requests import native_facts
 from tollgate.billing.watch import UsageWatch
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
-from tollgate.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
+from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tollgate.providers.registry import PROVIDERS
-from tollgate.providers.select import adapter_for
-from tollgate.relay import relay
+from tollgate.relay import relay, send_upstream
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
 from tollgate.upstream import Upstream
@@ -73,66 +68,31 @@ async def proxy_native(
     else:
         headers = choose_credentials(services, request.provider, inbound)
         base_url = services.providers[request.provider].base_url
-        watch, body, extra = await admit_native(services, request, gateway, inbound, parsed)
-        extra_headers = extra_headers + extra
-    url = f"{base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
-    try:
-        response = await upstream.send(
-            provider=request.provider,
-            method=request.method,
-            url=url,
-            headers=headers,
-            body=body,
+        row = PROVIDERS[request.provider]
+        admitted = await admit(
+            services,
+            account_id=request.account_id,
+            gateway=gateway,
+            row=row,
+            facts=native_facts(row.wire, request.path, parsed),
+            parsed=parsed,
+            body=request.body,
+            unified=not inbound.provider_key,
         )
-    except GatewayError:
-        if watch is not None:
-            await watch.finish(502, None)  # nothing was produced: the hold is released
-        raise
+        watch, body = admitted.watch, admitted.body
+        extra_headers = extra_headers + admitted.headers
+    url = f"{base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
+    response = await send_upstream(
+        upstream,
+        watch,
+        provider=request.provider,
+        method=request.method,
+        url=url,
+        headers=headers,
+        body=body,
+    )
     streamed = request.path.endswith(_STREAMED_JSON_ENDPOINT)
     await relay(response, receive, send, extra_headers, stream_json=streamed, watch=watch)
-
-
-async def admit_native(
-    services: Services,
-    request: NativeRequest,
-    gateway: GatewayRecord,
-    inbound: InboundCredentials,
-    parsed: dict[str, object] | None,
-) -> tuple[UsageWatch | None, bytes, list[tuple[bytes, bytes]]]:
-    """Price and hold a native request; returns the usage watch, the body to send (rewritten
-    only to cap the output or to ask a stream for usage) and extra response headers."""
-    row = PROVIDERS[request.provider]
-    facts = native_facts(row.wire, request.path, parsed)
-    admission = await services.meter.admit(
-        account_id=request.account_id,
-        gateway=gateway,
-        provider=request.provider,
-        facts=facts,
-        body=request.body,
-        unified=not inbound.provider_key,
-    )
-    if not admission.metered:
-        return None, request.body, []
-    extra: list[tuple[bytes, bytes]] = []
-    rewrite = parsed is not None and (
-        admission.capped_tokens is not None or _needs_usage_chunk(row.wire, facts)
-    )
-    if parsed is not None and admission.capped_tokens is not None:
-        with_output_cap(facts.kind, parsed, admission.capped_tokens, row.max_tokens_field)
-        extra.append((b"cf-aig-max-tokens-capped", str(admission.capped_tokens).encode()))
-    strip = _needs_usage_chunk(row.wire, facts)
-    if parsed is not None and strip:
-        with_usage_requested(parsed)
-    body = orjson.dumps(parsed) if rewrite else request.body
-    watch = UsageWatch(services.meter, admission, adapter_for(row), facts, strip_usage_chunk=strip)
-    return watch, body, extra
-
-
-def _needs_usage_chunk(wire: str, facts: RequestFacts) -> bool:
-    """An OpenAI chat stream reports usage only when asked: the gateway always asks."""
-    return (
-        wire == "openai" and facts.kind == "chat" and facts.stream and not facts.wants_usage_chunk
-    )
 
 
 async def authenticate(

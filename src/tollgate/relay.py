@@ -11,13 +11,16 @@ lines, so Gemini streams carry none (the cost is in the request's log).
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Protocol
 
 import orjson
 from starlette.types import Receive, Send
 
 from tollgate.billing.watch import UsageWatch, cost_headers, sse_cost_comment
+from tollgate.canonical import Usage
 from tollgate.errors import GatewayError
-from tollgate.upstream import UpstreamResponse, UpstreamStreamBroken
+from tollgate.store.holds import Settlement
+from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
 
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
 
@@ -99,3 +102,19 @@ def _stream_error_event(cause: str) -> bytes:
         }
     }
     return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+
+
+class Settles(Protocol):
+    async def finish(self, status: int, usage: Usage | None) -> Settlement | None: ...
+
+
+async def send_upstream(
+    upstream: Upstream, settler: Settles | None, **request: Any
+) -> UpstreamResponse:
+    """`upstream.send`, releasing the request's hold when the call fails before any answer."""
+    try:
+        return await upstream.send(**request)
+    except GatewayError:
+        if settler is not None:
+            await settler.finish(502, None)  # nothing was produced: never billed
+        raise

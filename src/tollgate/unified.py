@@ -21,7 +21,10 @@ from urllib.parse import urlencode
 import orjson
 from starlette.types import Receive, Send
 
-from tollgate.canonical import ChatRequest, image_urls_to_fetch, with_fetched_images
+from tollgate.admission import admit
+from tollgate.billing.requests import RequestFacts, native_facts
+from tollgate.billing.watch import cost_headers
+from tollgate.canonical import ChatRequest, Usage, image_urls_to_fetch, with_fetched_images
 from tollgate.client_formats import ClientFormat
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
 from tollgate.embeddings import (
@@ -29,7 +32,7 @@ from tollgate.embeddings import (
     gemini_embeddings_call,
     openai_embeddings_from_gemini,
 )
-from tollgate.errors import InvalidRequest, NotFound
+from tollgate.errors import GatewayError, InvalidRequest, NotFound
 from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
     CUSTOM_PREFIX,
@@ -40,9 +43,11 @@ from tollgate.pipeline import (
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
 from tollgate.providers.select import adapter_for
-from tollgate.relay import close_on_disconnect, relay
+from tollgate.relay import relay, send_upstream
 from tollgate.services import Services, UpstreamTarget
-from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
+from tollgate.store import GatewayRecord
+from tollgate.translate_relay import Translated, relay_translated, send_json
+from tollgate.upstream import Upstream
 
 # Anthropic requires max_tokens; until the price catalog knows each model's maximum output,
 # a request that sets none gets this many.
@@ -77,6 +82,9 @@ class Routed:
     model: str  # the name the provider knows (no `provider/` prefix)
     target: UpstreamTarget
     auth: list[tuple[str, str]]
+    account_id: str
+    gateway: GatewayRecord
+    unified: bool  # the operator's managed key pays (Unified Billing)
 
 
 async def route_request(
@@ -92,13 +100,18 @@ async def route_request(
     payload = parse_json_object(request.headers, request.body, request.path)
     row, model = route_model(payload.get("model"))
     check(row)
-    await resolve_gateway(services, request.account_id, request.gateway_id, principal, inbound)
+    gateway = await resolve_gateway(
+        services, request.account_id, request.gateway_id, principal, inbound
+    )
     if row.slug.startswith(CUSTOM_PREFIX):
-        return await _custom_route(services, request, inbound, payload, row, model)
+        return await _custom_route(services, request, inbound, payload, row, model, gateway)
     target = services.providers.get(row.slug)
-    auth = upstream_auth(row, target, client_key(inbound, request.surface))
+    key = client_key(inbound, request.surface)
+    auth = upstream_auth(row, target, key)
     assert target is not None  # upstream_auth refuses a provider without one
-    return Routed(inbound, payload, row, model, target, auth)
+    return Routed(
+        inbound, payload, row, model, target, auth, request.account_id, gateway, key is None
+    )
 
 
 async def _custom_route(
@@ -108,8 +121,10 @@ async def _custom_route(
     payload: dict[str, object],
     row: ProviderRow,
     model: str,
+    gateway: GatewayRecord,
 ) -> Routed:
-    """`custom-{slug}/model`: the account's own OpenAI-compatible provider and its headers."""
+    """`custom-{slug}/model`: the account's own OpenAI-compatible provider and its headers
+    (its own credentials, so never Unified Billing)."""
     slug = row.slug.removeprefix(CUSTOM_PREFIX)
     provider = await services.custom_providers.resolve(request.account_id, slug)
     if provider is None or not provider.enable:
@@ -119,12 +134,12 @@ async def _custom_route(
         )
     key = client_key(inbound, request.surface)
     auth = [("authorization", f"Bearer {key}")] if key else list(provider.headers)
-    return Routed(
-        inbound, payload, row, model, UpstreamTarget(row.slug, provider.base_url, None), auth
-    )
+    target = UpstreamTarget(row.slug, provider.base_url, None)
+    return Routed(inbound, payload, row, model, target, auth, request.account_id, gateway, False)
 
 
 async def relay_as_is(
+    services: Services,
     upstream: Upstream,
     routed: Routed,
     path: str,
@@ -132,17 +147,31 @@ async def relay_as_is(
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
-    """Same wire format both sides: only `model` is rewritten, the answer is relayed as bytes."""
+    """Same wire format both sides: only `model` is rewritten, the answer is relayed as bytes
+    (and observed for usage, as on the native endpoints)."""
     routed.payload["model"] = routed.model
+    admitted = await admit(
+        services,
+        account_id=routed.account_id,
+        gateway=routed.gateway,
+        row=routed.row,
+        facts=native_facts(routed.row.wire, path, routed.payload),
+        parsed=routed.payload,
+        body=orjson.dumps(routed.payload),
+        unified=routed.unified,
+    )
     headers = [(k, v) for k, v in routed.inbound.headers if k not in _KEY_HEADERS]
-    response = await upstream.send(
+    response = await send_upstream(
+        upstream,
+        admitted.watch,
         provider=routed.row.slug,
         method="POST",
         url=f"{routed.target.base_url}/{routed.row.api_prefix}{path}",
         headers=headers + routed.auth,
-        body=orjson.dumps(routed.payload),
+        body=admitted.body,
     )
-    await relay(response, receive, send, extra_headers)
+    extra = extra_headers + admitted.headers
+    await relay(response, receive, send, extra, watch=admitted.watch)
 
 
 async def proxy_unified(
@@ -163,20 +192,40 @@ async def proxy_unified(
     routed = await route_request(services, request, parse_unless_same_format)
     if not parsed:
         path = _NATIVE_PATHS[routed.row.wire]
-        await relay_as_is(upstream, routed, path, receive, send, extra_headers)
+        await relay_as_is(services, upstream, routed, path, receive, send, extra_headers)
         return
     chat = dataclasses.replace(parsed[0], model=routed.model)
+    facts = RequestFacts("chat", routed.model, chat.max_tokens, chat.stream, chat.include_usage)
+    admission = await services.meter.admit(
+        account_id=routed.account_id,
+        gateway=routed.gateway,
+        provider=routed.row.slug,
+        facts=facts,
+        body=request.body,
+        unified=routed.unified,
+    )
+    if admission.capped_tokens is not None:
+        chat = dataclasses.replace(chat, max_tokens=admission.capped_tokens)
+        capped = str(admission.capped_tokens).encode()
+        extra_headers = [*extra_headers, (b"cf-aig-max-tokens-capped", capped)]
     adapter = adapter_for(routed.row)
-    call = await build_call(adapter, chat, upstream, services)
+    translated = Translated(adapter, request.client, chat, services.meter, admission)
+    try:
+        call = await build_call(adapter, chat, upstream, services)
+    except GatewayError:
+        await translated.finish(400, None)  # refused before sending: release the hold
+        raise
     query = f"?{urlencode(dict(call.query))}" if call.query else ""
-    response = await upstream.send(
+    response = await send_upstream(
+        upstream,
+        translated,
         provider=routed.row.slug,
         method=call.method,
         url=f"{routed.target.base_url}/{routed.row.api_prefix}{call.path}{query}",
         headers=[("content-type", "application/json"), *call.headers.items(), *routed.auth],
         body=call.body,
     )
-    await relay_translated(adapter, request.client, chat, response, receive, send, extra_headers)
+    await relay_translated(translated, response, receive, send, extra_headers)
 
 
 async def list_models(
@@ -192,7 +241,7 @@ async def list_models(
         {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
         for model in services.catalog.models()
     ]
-    await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), extra_headers)
+    await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), extra_headers)
 
 
 def payload_of(request: UnifiedRequest) -> dict[str, object]:
@@ -221,7 +270,7 @@ async def proxy_responses(
             )
 
     routed = await route_request(services, request, openai_only)
-    await relay_as_is(upstream, routed, "responses", receive, send, extra_headers)
+    await relay_as_is(services, upstream, routed, "responses", receive, send, extra_headers)
 
 
 async def proxy_embeddings(
@@ -246,10 +295,25 @@ async def proxy_embeddings(
 
     routed = await route_request(services, request, has_embeddings)
     if routed.row.wire != "google":
-        await relay_as_is(upstream, routed, "embeddings", receive, send, extra_headers)
+        await relay_as_is(services, upstream, routed, "embeddings", receive, send, extra_headers)
         return
     call = gemini_embeddings_call(routed.model, routed.payload)
-    response = await upstream.send(
+    facts = RequestFacts("embeddings", routed.model, 0, False, False)
+    admission = await services.meter.admit(
+        account_id=routed.account_id,
+        gateway=routed.gateway,
+        provider=routed.row.slug,
+        facts=facts,
+        body=request.body,
+        unified=routed.unified,
+    )
+    chat = ChatRequest(model=routed.model, messages=())
+    translated = Translated(
+        adapter_for(routed.row), request.client, chat, services.meter, admission
+    )
+    response = await send_upstream(
+        upstream,
+        translated,
         provider=routed.row.slug,
         method=call.method,
         url=f"{routed.target.base_url}/{call.path}",
@@ -258,15 +322,22 @@ async def proxy_embeddings(
     )
     try:
         body = await response.read()
+    except GatewayError:
+        await translated.finish(502, None)
+        raise
     finally:
         response.release()
     if response.status >= 400:
-        info = adapter_for(routed.row).parse_error(response.status, body)
+        await translated.finish(response.status, None)
+        info = translated.adapter.parse_error(response.status, body)
         rendered = request.client.render_error_body(info.status, info.type, info.message)
-        await _send_json(send, info.status, orjson.dumps(rendered), extra_headers)
+        await send_json(send, info.status, orjson.dumps(rendered), extra_headers)
         return
     result = openai_embeddings_from_gemini(routed.model, routed.payload, body)
-    await _send_json(send, 200, orjson.dumps(result), extra_headers)
+    tokens = result["usage"]["prompt_tokens"]
+    settlement = await translated.finish(200, Usage(input_tokens=tokens), len(body))
+    extra = extra_headers + cost_headers(settlement)
+    await send_json(send, 200, orjson.dumps(result), extra)
 
 
 _KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
@@ -324,54 +395,3 @@ async def build_call(
         )
         chat = with_fetched_images(chat, dict(zip(urls, fetched, strict=True)))
         return adapter.build_request(chat, default_max_tokens=DEFAULT_MAX_TOKENS)
-
-
-async def relay_translated(
-    adapter: ProviderAdapter,
-    client: ClientFormat,
-    chat: ChatRequest,
-    response: UpstreamResponse,
-    receive: Receive,
-    send: Send,
-    extra_headers: list[tuple[bytes, bytes]],
-) -> None:
-    if response.status >= 400 or not chat.stream:
-        try:
-            body = await response.read()
-        finally:
-            response.release()
-        if response.status >= 400:
-            info = adapter.parse_error(response.status, body)
-            rendered = client.render_error_body(info.status, info.type, info.message)
-            status = info.status
-        else:
-            rendered = client.render_response(adapter.parse_response(response.status, body))
-            status = 200
-        await _send_json(send, status, orjson.dumps(rendered), extra_headers)
-        return
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra_headers}
-    )
-    parser = adapter.stream_parser()
-    renderer = client.stream_renderer(chat)
-    watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
-    try:
-        async for chunk in response.chunks():
-            out = b"".join([renderer.render(event) for event in parser.feed(chunk)])
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-    except UpstreamStreamBroken:
-        pass  # the parser sees an unfinished stream and closes it with an error event
-    finally:
-        watcher.cancel()
-        response.release()
-    tail = b"".join([renderer.render(event) for event in parser.close()]) + renderer.close()
-    await send({"type": "http.response.body", "body": tail})
-
-
-async def _send_json(
-    send: Send, status: int, body: bytes, extra_headers: list[tuple[bytes, bytes]]
-) -> None:
-    headers = [_JSON, (b"content-length", str(len(body)).encode()), *extra_headers]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -185,11 +185,11 @@ def test_compat_unfetchable_image_url_is_400(gateway: Gateway, sim: Sim) -> None
 
 def test_compat_upstream_error_keeps_status_and_message(gateway: Gateway, sim: Sim) -> None:
     # Translated requests carry no client headers upstream, so the simulator's control rides
-    # on the model name.
+    # in the prompt.
     with pytest.raises(openai.InternalServerError) as caught:
         compat(gateway).chat.completions.create(
-            model="anthropic/claude-sonnet-4-6~error=529",
-            messages=[{"role": "user", "content": "x"}],
+            model="anthropic/claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "x [sim error=529]"}],
         )
     assert caught.value.status_code == 529
     direct = httpx.post(
@@ -205,9 +205,9 @@ def test_compat_mid_stream_drop_becomes_an_in_band_error(gateway: Gateway, sim: 
         f"{gateway.base('compat')}/chat/completions",
         headers={"authorization": f"Bearer {gateway.account.token}"},
         json={
-            "model": "anthropic/claude-sonnet-4-6~drop-after=3",
+            "model": "anthropic/claude-sonnet-4-6",
             "stream": True,
-            "messages": [{"role": "user", "content": "tell me a long story please"}],
+            "messages": [{"role": "user", "content": "a long story please [sim drop-after=3]"}],
         },
     )
     assert response.status_code == 200
@@ -358,8 +358,8 @@ def test_compat_truncated_or_invalid_upstream_sse_ends_in_band(
 def test_compat_invalid_upstream_json_is_502(gateway: Gateway, sim: Sim) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         compat(gateway).chat.completions.create(
-            model="anthropic/claude-sonnet-4-6~drop-after=1",
-            messages=[{"role": "user", "content": "x"}],
+            model="anthropic/claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "x [sim drop-after=1]"}],
         )
     assert caught.value.status_code == 502
     assert len(sim.requests()) == 1
@@ -386,7 +386,9 @@ def test_rest_ai_run_wraps_the_answer_in_cloudflares_envelope(gateway: Gateway, 
         },
     )
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    assert streamed.text.rstrip().endswith("data: [DONE]")
+    data_lines = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert data_lines[-1] == "data: [DONE]"
+    assert ": cf-aig-cost=" in streamed.text  # the cost follows as an SSE comment
     bad = httpx.post(url, headers=auth, json={"model": "openai/gpt-4o-mini", "input": "hi"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 

@@ -136,7 +136,6 @@ class Meter:
             if capped is None:
                 raise
             hold = await self._hold(account_id, gateway, price, prompt, capped, limits, unified)
-        hold = await self.ledger.mark_forwarded(hold)
         return Admission(hold, price, price.provider, prompt, capped, unified)
 
     async def _hold(
@@ -161,6 +160,10 @@ class Meter:
             model=price.id,
             recovery_charge_nanos=recovery,
             uses_credits=unified,
+            # The upstream call follows at once; recording it here saves a write per request.
+            # The cost: a crash between this commit and the call settles the prompt estimate
+            # instead of releasing (see the recovery policy in billing/ledger.py).
+            forwarded=True,
         )
 
     def _affordable_output(
