@@ -45,12 +45,14 @@ async def relay(
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
     tail = b""
+    broken = False
     try:
         async for chunk in response.chunks():
             out = watch.feed(chunk) if watch is not None else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
     except UpstreamStreamBroken as exc:
+        broken = True  # any usage seen so far may be partial: the meter estimates
         if not watcher.done():
             tail = _stream_error_event(str(exc))
     finally:
@@ -58,7 +60,8 @@ async def relay(
         response.release()
         if watch is not None:
             tail = watch.tail() + tail
-            settlement = await watch.finish(response.status, watch.observer.usage)
+            usage = watch.observer.usage
+            settlement = await watch.finish(response.status, usage, complete=not broken)
             if watch.cost_comment and response.content_type.startswith(b"text/event-stream"):
                 tail += sse_cost_comment(settlement)
     await send({"type": "http.response.body", "body": tail})

@@ -15,7 +15,7 @@ from starlette.types import Receive, Send
 
 from tollgate.billing.meter import Admission, Meter
 from tollgate.billing.watch import cost_headers, sse_cost_comment
-from tollgate.canonical import ChatRequest, Usage, UsageUpdate
+from tollgate.canonical import ChatRequest, Finish, Usage, UsageUpdate
 from tollgate.client_formats import ClientFormat
 from tollgate.providers.base import ProviderAdapter
 from tollgate.relay import close_on_disconnect
@@ -46,14 +46,16 @@ class Translated:
         self._done = False
 
     async def finish(
-        self, status: int, usage: Usage | None, produced: int = 0
+        self, status: int, usage: Usage | None, produced: int = 0, *, complete: bool = True
     ) -> Settlement | None:
         if self._done:
             return self.settlement
         self._done = True
         if status >= 400:
             usage, produced = None, 0
-        self.settlement = await self.meter.settle(self.admission, usage, produced_bytes=produced)
+        self.settlement = await self.meter.settle(
+            self.admission, usage, produced_bytes=produced, complete=complete
+        )
         return self.settlement
 
 
@@ -106,6 +108,7 @@ async def relay_translated_stream(
     watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
     usage: Usage | None = None
     produced = 0
+    finished = False  # a Finish event: the stream ended normally and its usage is final
     try:
         async for chunk in response.chunks():
             produced += len(chunk)
@@ -113,6 +116,8 @@ async def relay_translated_stream(
             for event in events:
                 if type(event) is UsageUpdate:
                     usage = event.usage
+                elif type(event) is Finish:
+                    finished = True
             out = b"".join([renderer.render(event) for event in events])
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -125,8 +130,10 @@ async def relay_translated_stream(
     for event in closing:
         if type(event) is UsageUpdate:
             usage = event.usage
+        elif type(event) is Finish:
+            finished = True
     tail = b"".join([renderer.render(event) for event in closing])
-    settlement = await translated.finish(200, usage, produced)
+    settlement = await translated.finish(200, usage, produced, complete=finished)
     tail += sse_cost_comment(settlement) + renderer.close()
     await send({"type": "http.response.body", "body": tail})
 

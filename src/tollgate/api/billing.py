@@ -329,12 +329,14 @@ class BillingRoutes:
         await limit_repo.set_account_limit(
             self.store, account_id, money.from_cents(amount), duration, strategy
         )
+        self.services.meter.forget_account_limit(account_id)  # the data plane sees it at once
         config = {"amount": amount, "duration": duration, "strategy": strategy}
         return cloudflare_response({"config": config, "enabled": True})
 
     async def delete_spending_limit(self, request: Request, account_id: str) -> Response:
         await self._auth(request, account_id, "edit")
         deleted = await limit_repo.delete_account_limit(self.store, account_id)
+        self.services.meter.forget_account_limit(account_id)
         return cloudflare_response({"deleted": deleted})
 
     # --- history --------------------------------------------------------------------------------

@@ -19,10 +19,14 @@ Settling: measured usage is charged at the catalog price. A call that produced n
 upstream error, a connection that failed before any byte) is released, never billed. A response
 that produced output but whose usage was never seen (the client went away mid-stream) is charged
 an estimate: the prompt estimate plus a quarter of the relayed bytes as output, flagged estimated.
+A stream that broke off (`complete=False`) may have shown only partial usage (Anthropic's
+`message_start` counts one output token): its input is kept as measured, its output is the larger
+of the count seen and that estimate, and the charge is flagged estimated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from collections.abc import Callable
@@ -179,17 +183,25 @@ class Meter:
         return tokens if tokens >= MIN_USEFUL_OUTPUT_TOKENS else None
 
     async def settle(
-        self, admission: Admission, usage: Usage | None, *, produced_bytes: int
+        self,
+        admission: Admission,
+        usage: Usage | None,
+        *,
+        produced_bytes: int,
+        complete: bool = True,
     ) -> Settlement | None:
-        """Charge what was used; release when nothing was produced; estimate when unseen."""
+        """Charge what was used; release when nothing was produced; estimate when unseen or
+        when the response broke off before its final usage (`complete=False`)."""
         if admission.hold is None or admission.price is None:
             return None
         if usage is None and produced_bytes == 0:
             return await self.ledger.release(admission.hold)
-        estimated = usage is None
+        estimated = usage is None or not complete
+        output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
         if usage is None:
-            output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
             usage = Usage(admission.prompt_estimate, output)
+        elif not complete and usage.output_tokens < output:
+            usage = dataclasses.replace(usage, output_tokens=output)
         cost = self.catalog.cost(admission.provider, admission.price, usage)
         settlement = await self.ledger.settle(
             admission.hold,

@@ -76,25 +76,35 @@ class UsageWatch:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("usage"), dict):
+        if not isinstance(parsed, dict):
+            return None
+        # OpenAI and Anthropic report `usage`; Gemini reports `usageMetadata`.
+        if not any(isinstance(parsed.get(key), dict) for key in _USAGE_KEYS):
             return None
         if self.facts.kind == "responses":
-            return responses_usage(parsed["usage"])
+            usage = parsed.get("usage")
+            return responses_usage(usage) if isinstance(usage, dict) else None
         return self.adapter.usage_from_response(parsed)
 
-    async def finish(self, status: int, usage: Usage | None) -> Settlement | None:
-        """Settle exactly once: measured usage, an estimate, or a release for a failure."""
+    async def finish(
+        self, status: int, usage: Usage | None, *, complete: bool = True
+    ) -> Settlement | None:
+        """Settle exactly once: measured usage, an estimate, or a release for a failure.
+        `complete=False`: the stream broke off, so `usage` may be partial (see the meter)."""
         if self._done:
             return self.settlement
         self._done = True
         produced = self.produced if status < 400 else 0
         if status >= 400:
             usage = None
-        self.settlement = await self.meter.settle(self.admission, usage, produced_bytes=produced)
+        self.settlement = await self.meter.settle(
+            self.admission, usage, produced_bytes=produced, complete=complete
+        )
         return self.settlement
 
 
 _NO_COMMENT_PROVIDERS = frozenset({"google-ai-studio"})
+_USAGE_KEYS = ("usage", "usageMetadata")
 
 
 def _is_usage_chunk(event: bytes) -> bool:

@@ -110,6 +110,8 @@ def usage_from_response(response: Mapping[str, Any]) -> Usage:
         input_tokens=prompt,
         output_tokens=output,
         cached_input_tokens=cached,
+        # GPT-5.6 and later bill cache writes; like cache reads they are INSIDE prompt_tokens.
+        cache_write_input_tokens=int_field(prompt_details, "cache_write_tokens"),
         reasoning_tokens=reasoning,
     )
 
@@ -124,6 +126,7 @@ def responses_usage(usage: Mapping[str, Any]) -> Usage:
         input_tokens=int_field(usage, "input_tokens"),
         output_tokens=int_field(usage, "output_tokens"),
         cached_input_tokens=int_field(details_in, "cached_tokens"),
+        cache_write_input_tokens=int_field(details_in, "cache_write_tokens"),
         reasoning_tokens=int_field(details_out, "reasoning_tokens"),
     )
 
