@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -47,6 +48,12 @@ NGINX_TEMPLATE = BENCH / "nginx.conf.template"
 LOAD_CPU = 0  # nginx + wrk
 GATEWAY_CPU = 1
 UPSTREAM_KEY = "sk-bench"
+# The streaming row goes through the `groq` slug (see arms_for). Unified Billing refuses a model
+# the price catalog does not list for the provider (400 unpriced_model), so that row's request
+# names a priced groq model; nginx ignores the model and answers the same canned stream.
+STREAM_MODEL = "llama-3.1-8b-instant"
+# A billed stream ends with its cost as an SSE comment, which clients ignore (tollgate.relay).
+COST_COMMENT = re.compile(rb": cf-aig-cost=(\S+) cf-aig-credits-remaining=\S+( estimated)?\n\n")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,9 +93,9 @@ class Cell:
 
     @property
     def body(self) -> str:
-        return upstream_mock.compact(
-            upstream_mock.STREAM_REQUEST if self.stream else upstream_mock.REQUEST
-        )
+        if self.stream:
+            return upstream_mock.compact({**upstream_mock.STREAM_REQUEST, "model": STREAM_MODEL})
+        return upstream_mock.compact(upstream_mock.REQUEST)
 
     @property
     def expected(self) -> str:
@@ -122,6 +129,19 @@ class Processes:
         with PID_FILE.open("a") as pids:
             pids.write(f"{proc.pid} {marker}\n")
         return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """End one process (e.g. a gateway before starting it again with other settings)."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.remove(proc)
+        lines = PID_FILE.read_text().splitlines()
+        PID_FILE.write_text("".join(f"{x}\n" for x in lines if x.split()[0] != str(proc.pid)))
 
     def stop_all(self) -> None:
         for proc in reversed(self._procs):
@@ -180,15 +200,27 @@ def start_nginx(procs: Processes, port: int) -> subprocess.Popen[bytes]:
 
 
 def start_gateway(
-    procs: Processes, port: int, nginx_port: int
+    procs: Processes,
+    port: int,
+    nginx_port: int,
+    *,
+    openai_path: str = "v1",
+    anthropic_path: str | None = None,
+    label: str = "gateway",
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """bench/serve_gateway.py on CPU 1, a fresh store, providers pointed at nginx's paths:
+    `openai` at `openai_path`, `groq` at `stream/v1`, `anthropic` at `anthropic_path` (if any).
+    Returns the process and its credentials (account id, run token)."""
     data_dir = WORK / "gw"
     shutil.rmtree(data_dir, ignore_errors=True)
+    nginx = f"http://127.0.0.1:{nginx_port}"
     argv = ["taskset", "-c", str(GATEWAY_CPU), sys.executable, str(BENCH / "serve_gateway.py")]
     argv += ["--port", str(port), "--data-dir", str(data_dir)]
-    argv += ["--upstream", f"http://127.0.0.1:{nginx_port}/v1"]
-    argv += ["--stream-upstream", f"http://127.0.0.1:{nginx_port}/stream/v1"]
-    log = WORK / "gateway.log"
+    argv += ["--upstream", f"{nginx}/{openai_path}"]
+    argv += ["--stream-upstream", f"{nginx}/stream/v1"]
+    if anthropic_path:
+        argv += ["--anthropic-upstream", f"{nginx}/{anthropic_path}"]
+    log = WORK / f"{label}.log"
     proc = procs.start(argv, marker="serve_gateway.py", log=log)
 
     def ready() -> bool:
@@ -213,12 +245,17 @@ def process_tree(pid: int) -> list[int]:
 
 
 def post(url: str, body: str, auth: str) -> tuple[int, dict[str, str], bytes]:
+    return post_with(url, body, {"Authorization": auth})
+
+
+def post_with(url: str, body: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """POST a JSON body; the status, the headers (lower-case names) and the body."""
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        headers = {"Content-Type": "application/json", "Authorization": auth}
-        conn.request("POST", "/" + path, body.encode(), headers)
+        sent = {"Content-Type": "application/json", **headers}
+        conn.request("POST", "/" + path, body.encode(), sent)
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -292,9 +329,26 @@ class CpuMeter:
 
 
 def run_wrk(arm: Arm, cell: Cell, seconds: int, meter: CpuMeter) -> dict[str, Any]:
-    argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{cell.connections}"]
-    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), arm.url]
-    env = {**os.environ, "BENCH_BODY": cell.body, "BENCH_AUTH": arm.auth}
+    result = wrk(arm.url, cell.body, {"Authorization": arm.auth}, cell.connections, seconds, meter)
+    if arm.name != "gateway":
+        del result["gateway_cpu_us_per_req"]
+    return result
+
+
+def wrk(
+    url: str,
+    body: str,
+    headers: Mapping[str, str],
+    connections: int,
+    seconds: int,
+    meter: CpuMeter,
+) -> dict[str, Any]:
+    """One wrk run (`-t1 -c<connections>`, pinned to the load CPU) with bench/post.lua: its
+    JSON result plus `rps`, `cpu` (CpuMeter.usage), `gateway_cpu_us_per_req` and `failed`."""
+    argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}"]
+    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    lines = "".join(f"{name}: {value}\n" for name, value in headers.items())
+    env = {**os.environ, "BENCH_BODY": body, "BENCH_HEADERS": lines}
     before = meter.snapshot()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
     cpu = CpuMeter.usage(before, meter.snapshot())
@@ -304,24 +358,39 @@ def run_wrk(arm: Arm, cell: Cell, seconds: int, meter: CpuMeter) -> dict[str, An
     result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["cpu"] = cpu
-    if arm.name == "gateway" and result["requests"]:
-        result["gateway_cpu_us_per_req"] = round(1e6 * cpu["gateway_cpu_s"] / result["requests"])
+    result["gateway_cpu_us_per_req"] = (
+        round(1e6 * cpu["gateway_cpu_s"] / result["requests"]) if result["requests"] else None
+    )
     errors = result["errors"]
     socket_errors = sum(v for k, v in errors.items() if k != "status")
     result["failed"] = sum(result["bad_statuses"].values()) + socket_errors
     return result
 
 
+def billed(headers: Mapping[str, str], body: bytes) -> tuple[bytes, str | None]:
+    """`body` without the SSE cost comment of a billed stream, and the cost the gateway reported
+    (the `cf-aig-cost` header, or the comment's figure), if any."""
+    comments = COST_COMMENT.findall(body)
+    cost = headers.get("cf-aig-cost") or (comments[0][0].decode() if comments else None)
+    return COST_COMMENT.sub(b"", body), cost
+
+
 def check_arm(arm: Arm, cell: Cell) -> dict[str, Any]:
-    """One request before measuring: the arm must answer 200 with the canned body, unchanged."""
+    """One request before measuring: the arm must answer 200 with the canned body, unchanged
+    (a billed stream may end with its cost comment)."""
     status, headers, body = post(arm.url, cell.body, arm.auth)
-    text = body.decode(errors="replace")
-    if status != 200 or text != cell.expected:
+    relayed, cost = billed(headers, body)
+    if status != 200 or relayed.decode(errors="replace") != cell.expected:
         raise SystemExit(
             f"the {arm.name} arm of '{cell.name}' answered HTTP {status} with a body that is "
-            f"not the canned one.\nheaders: {headers}\nbody: {text[:2000]}"
+            f"not the canned one.\nheaders: {headers}\nbody: {body.decode(errors='replace')[:2000]}"
         )
-    return {"status": status, "content_type": headers.get("content-type"), "bytes": len(body)}
+    return {
+        "status": status,
+        "content_type": headers.get("content-type"),
+        "bytes": len(body),
+        "cost_usd": cost,
+    }
 
 
 def measure_cell(cell: Cell, arms: list[Arm], config: Config, meter: CpuMeter) -> dict[str, Any]:

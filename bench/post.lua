@@ -1,8 +1,10 @@
--- wrk script for bench/dataplane.py: POST a JSON body and print the result as one JSON line.
+-- wrk script for bench/dataplane.py and bench/translation.py: POST a JSON body, print the
+-- result as one JSON line.
 --
 -- Environment (set by the runner):
---   BENCH_BODY  the request body (JSON text)
---   BENCH_AUTH  the Authorization header value, e.g. "Bearer tg_..."
+--   BENCH_BODY     the request body (JSON text)
+--   BENCH_HEADERS  extra request headers, one "Name: value" per line (e.g. the Authorization
+--                  header, or x-api-key and anthropic-version for the Anthropic format)
 --
 -- Every response with a status >= 300 is counted by status, and the first such body is kept
 -- (truncated), so errors under load are reported precisely instead of as one wrk number.
@@ -10,7 +12,12 @@
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY") or "{}"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = os.getenv("BENCH_AUTH") or ""
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+   local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+   if name then
+      wrk.headers[name] = value
+   end
+end
 
 -- Per-thread state (each wrk thread has its own Lua state).
 bad = {}

@@ -1,4 +1,5 @@
-"""The benchmark report: Markdown from the runner's result dictionary (bench/dataplane.py)."""
+"""The benchmark reports: Markdown from the runners' result dictionaries (bench/dataplane.py,
+bench/translation.py)."""
 
 from __future__ import annotations
 
@@ -94,13 +95,10 @@ def contention_lines(cells: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def render(report: dict[str, Any]) -> str:
-    env, cfg, idle, mem = report["env"], report["config"], report["idle"], report["memory"]
+def environment_lines(report: dict[str, Any]) -> list[str]:
+    env, idle, pin = report["env"], report["idle"], report["pinning"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    pin = report["pinning"]
-    lines = [
-        f"# Data-plane benchmark, {env['date_utc']} UTC",
-        "",
+    return [
         f"- Commit: `{env['commit']}`",
         f"- Machine: {env['cpu_model']}, {env['cpus']} CPUs; kernel {env['kernel']}",
         f"- Python {env['python']}; {versions}",
@@ -110,6 +108,39 @@ def render(report: dict[str, Any]) -> str:
         f"- Before the run: load average {' '.join(idle['loadavg'])}; CPU busy "
         f"{idle['cpu_busy_pct']}% over 1 s (per core {idle['per_core_busy_pct']}), "
         f"{'idle' if idle['idle'] else '**not idle**'} after waiting {idle['waited_s']} s",
+    ]
+
+
+def memory_line(mem: dict[str, Any], what: str = "Gateway memory") -> str:
+    return (
+        f"{what}: RSS {mem['idle_rss_kib'] / 1024:.1f} MiB idle after start-up, "
+        f"{mem['final_rss_kib'] / 1024:.1f} MiB at the end; peak RSS (VmHWM) "
+        f"{mem['peak_rss_kib'] / 1024:.1f} MiB."
+    )
+
+
+def every_run_lines(cells: list[dict[str, Any]]) -> list[str]:
+    return [
+        "## Errors under load",
+        "",
+        *error_lines(cells),
+        "",
+        "## Every run",
+        "",
+        "CPU0/CPU1 busy: whole-core busy time during the run. wrk, nginx, gateway, other: CPU "
+        "time of each during the run, in % of one core.",
+        "",
+        *rounds_table(cells),
+        "",
+    ]
+
+
+def render(report: dict[str, Any]) -> str:
+    env, cfg = report["env"], report["config"]
+    lines = [
+        f"# Data-plane benchmark, {env['date_utc']} UTC",
+        "",
+        *environment_lines(report),
         f"- Protocol: `wrk -t1 -cN`, {cfg['seconds']} s per run, {cfg['rounds']} rounds per row, "
         f"arms interleaved (direct, gateway, direct, ...), {cfg['warmup']} s warm-up per arm "
         "discarded; values are medians over rounds; 'added' is the median of the per-round "
@@ -122,22 +153,128 @@ def render(report: dict[str, Any]) -> str:
         "",
         *main_table(report["cells"]),
         "",
-        f"Gateway memory: RSS {mem['idle_rss_kib'] / 1024:.1f} MiB idle after start-up, "
-        f"{mem['final_rss_kib'] / 1024:.1f} MiB at the end; peak RSS (VmHWM) "
-        f"{mem['peak_rss_kib'] / 1024:.1f} MiB.",
+        memory_line(report["memory"]),
         "",
         *contention_lines(report["cells"]),
         "",
-        "## Errors under load",
+        *every_run_lines(report["cells"]),
+    ]
+    return "\n".join(lines)
+
+
+# --- translation (bench/translation.py) ----------------------------------------------------------
+
+
+def translation_table(cells: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| Row | c | RPS native | RPS compat | RPS compat/native | p50 native | p50 compat "
+        "| p50 added | p99 native | p99 compat | p99 added | CPU/req native | CPU/req compat "
+        "| CPU/req added | CPU/req compat/native | core busy native/compat | other load (max) "
+        "| failed native/compat |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for cell in cells:
+        s, c = cell["summary"], cell["cell"]
+        other = max(r["cpu"]["other_pct"] for _, _, r in _runs(cell))
+        lines.append(
+            f"| {c['name']} | {c['connections']} | {s['rps_native']:,.0f} "
+            f"| {s['rps_compat']:,.0f} | {s['rps_ratio']:.3f} "
+            f"| {ms(s['p50_native_us'])} | {ms(s['p50_compat_us'])} "
+            f"| {signed_ms(s['p50_added_us'])} | {ms(s['p99_native_us'])} "
+            f"| {ms(s['p99_compat_us'])} | {signed_ms(s['p99_added_us'])} "
+            f"| {s['cpu_us_per_req_native']:,.0f} µs | {s['cpu_us_per_req_compat']:,.0f} µs "
+            f"| {s['cpu_added_us']:+,.0f} µs | {s['cpu_ratio']:.3f} "
+            f"| {s['gateway_cpu_pct_native']:.0f}% / {s['gateway_cpu_pct_compat']:.0f}% "
+            f"| {other:.0f}% | {s['failed_native']}/{s['failed_compat']} |"
+        )
+    return lines
+
+
+def translation_answer(cells: list[dict[str, Any]]) -> list[str]:
+    """One line per pair and mode: the per-request cost of /compat over the native endpoint."""
+    lines = []
+    for pair, what in (
+        ("openai", "same format (`model` rewritten, answer relayed as bytes)"),
+        ("anthropic", "translated (OpenAI Chat -> Anthropic Messages -> OpenAI Chat)"),
+    ):
+        for stream in (False, True):
+            mine = [c for c in cells if c["cell"]["pair"] == pair and c["cell"]["stream"] == stream]
+            if not mine:
+                continue
+            cpu = ", ".join(
+                f"c={c['cell']['connections']}: {c['summary']['cpu_added_us']:+,.0f} µs "
+                f"(x{c['summary']['cpu_ratio']:.2f})"
+                for c in mine
+            )
+            p50 = ", ".join(
+                f"c={c['cell']['connections']}: {signed_ms(c['summary']['p50_added_us'])} ms"
+                for c in mine
+            )
+            lines.append(
+                f"- **{pair}, {'streaming' if stream else 'non-streaming'}**, {what}: gateway "
+                f"CPU per request compat - native {cpu}; p50 added {p50}."
+            )
+    return lines
+
+
+def render_translation(report: dict[str, Any]) -> str:
+    env, cfg = report["env"], report["config"]
+    checks = [
+        f"- {row} / {arm}: HTTP {c['status']}, {c['content_type']}, {c['bytes']} bytes, "
+        f"billed {'$' + c['cost_usd'] if c['cost_usd'] else 'nothing (no cf-aig-cost)'}; "
+        f"verified: {c['verified']}"
+        for row, arms in report["checks"].items()
+        for arm, c in arms.items()
+    ]
+    for row, arms in report["checks"].items():
+        costs = {arm: c["cost_usd"] for arm, c in arms.items()}
+        if len(set(costs.values())) > 1:
+            checks.append(f"- **{row}: the arms were billed differently**: {costs}")
+    memory = [
+        memory_line(mem, f"Gateway memory ({label})") for label, mem in report["memory"].items()
+    ]
+    lines = [
+        f"# Translation benchmark (Unified API against native), {env['date_utc']} UTC",
         "",
-        *error_lines(report["cells"]),
+        *environment_lines(report),
+        f"- Protocol: both arms through the same gateway to the same nginx location; "
+        f"`wrk -t1 -cN`, {cfg['seconds']} s per run, {cfg['rounds']} rounds per row, arms "
+        f"interleaved (odd rounds native first, even rounds compat first), {cfg['warmup']} s "
+        "warm-up per arm discarded; values are medians over rounds; 'added' and the ratios are "
+        "medians of the per-round differences (compat - native) and ratios (compat / native)",
+        "- Arms: **native** = `POST .../openai/chat/completions` (OpenAI body) or "
+        "`.../anthropic/v1/messages` (Anthropic body, `x-api-key` + `anthropic-version`), relayed "
+        "as bytes; **compat** = `POST .../compat/chat/completions` with the same question in "
+        "OpenAI Chat form, `model: openai/gpt-4o-mini` (same format: only `model` is rewritten) "
+        "or `anthropic/claude-sonnet-4-6` (translated both ways, streams too).",
+        f"- Keys (`BENCH_TRANSLATION_KEYS={cfg['keys']}`): {report['keys']}",
+        "- Gateway instances: non-streaming rows run against one gateway process whose `openai` "
+        "and `anthropic` base URLs are nginx's non-streaming paths; the streaming rows against a "
+        "second one, started afterwards on the same port and CPU, on nginx's streaming paths "
+        "(nginx cannot read the body, so the path chooses the canned answer)",
+        f"- Run time: {report['elapsed_s']} s in all",
         "",
-        "## Every run",
+        "Latencies in ms. 'CPU/req' = the gateway process's utime+stime during the run ÷ the "
+        "requests served (the number that answers 'what does translation cost per request'; "
+        "most stable at c=16, where the gateway's core is saturated); 'core busy' = that CPU "
+        "time ÷ wall time; 'other load' = CPU used by anything but wrk, nginx and the gateway, in "
+        "% of one core. wrk is closed-loop: at c=16 latency is mostly queueing, so read added "
+        "latency at c=1.",
         "",
-        "CPU0/CPU1 busy: whole-core busy time during the run. wrk, nginx, gateway, other: CPU "
-        "time of each during the run, in % of one core.",
+        *translation_table(report["cells"]),
         "",
-        *rounds_table(report["cells"]),
+        "## Cost of the Unified API per request",
         "",
+        *translation_answer(report["cells"]),
+        "",
+        *contention_lines(report["cells"]),
+        "",
+        *memory,
+        "",
+        "## Checked before measuring (one request per arm)",
+        "",
+        *checks,
+        "",
+        *every_run_lines(report["cells"]),
     ]
     return "\n".join(lines)

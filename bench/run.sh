@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# `make bench`: install the tools (nginx, wrk), then run the data-plane benchmark.
-# Options are environment variables; see bench/README.md. Extra arguments go to bench/dataplane.py.
+# `make bench`: install the tools (nginx, wrk), then run the benchmarks one after the other:
+# bench/dataplane.py (gateway against direct calls) and bench/translation.py (Unified API against
+# native endpoints). BENCH_ONLY=dataplane or BENCH_ONLY=translation runs one of them.
+# Options are environment variables; see bench/README.md. Extra arguments go to each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${BENCH_ONLY:-}" in
+    "") benches=(dataplane translation) ;;
+    dataplane | translation) benches=("$BENCH_ONLY") ;;
+    *)
+        echo "BENCH_ONLY must be 'dataplane' or 'translation' (or unset for both)" >&2
+        exit 2
+        ;;
+esac
 
 bash bench/install.sh
 
@@ -29,7 +40,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# In the background so that a signal to this script is handled at once, not after the run.
-"$PYTHON" bench/dataplane.py "$@" &
-child=$!
-wait "$child"
+# Each runner in the background so that a signal to this script is handled at once, not after
+# the run. A failed benchmark does not stop the next one; the exit status is the last non-zero.
+status=0
+for bench in "${benches[@]}"; do
+    started=$SECONDS
+    "$PYTHON" "bench/$bench.py" "$@" &
+    child=$!
+    rc=0
+    wait "$child" || rc=$?
+    child=""
+    echo "bench/$bench.py: exit status $rc after $((SECONDS - started)) s" >&2
+    if [ "$rc" -ne 0 ]; then
+        status=$rc
+    fi
+done
+exit "$status"

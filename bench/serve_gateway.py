@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/serve_gateway.py --port P --data-dir bench/.work/gw \
         --upstream http://127.0.0.1:NGINX/v1 [--stream-upstream http://127.0.0.1:NGINX/stream/v1]
+        [--anthropic-upstream http://127.0.0.1:NGINX/anthropic]
 
 `--upstream` becomes the `openai` provider's base URL. `--stream-upstream`, when given, becomes
 the `groq` provider's base URL (another OpenAI-wire row, so a streaming request takes exactly the
-same code path while nginx can answer it on its own path). Both use the managed key `sk-bench`, so
-requests go through Unified Billing (the gateway injects the key).
+same code path while nginx can answer it on its own path). `--anthropic-upstream`, when given,
+becomes the `anthropic` provider's base URL (the gateway posts to `{base}/v1/messages`). All use
+the managed key `sk-bench`, so requests go through Unified Billing (the gateway injects the key).
 
 Before serving, the account id and token are written to `<data-dir>/credentials.json`
 (`{"account_id": ..., "token": ...}`) for the runner. Settings come only from the variables built
@@ -35,7 +37,9 @@ UPSTREAM_KEY = "sk-bench"
 CREDIT_CENTS = 100_000_000  # $1M: the benchmark must never run out of credit
 
 
-def build_settings(data_dir: Path, upstream: str, stream_upstream: str | None) -> Settings:
+def build_settings(
+    data_dir: Path, upstream: str, stream_upstream: str | None, anthropic_upstream: str | None
+) -> Settings:
     env = {
         "TOLLGATE_DATABASE_URL": f"sqlite:///{data_dir / 'gw.db'}",
         "TOLLGATE_DATA_DIR": str(data_dir),
@@ -47,6 +51,9 @@ def build_settings(data_dir: Path, upstream: str, stream_upstream: str | None) -
     if stream_upstream:
         env["TOLLGATE_PROVIDERS__GROQ__BASE_URL"] = stream_upstream
         env["TOLLGATE_PROVIDERS__GROQ__API_KEY"] = UPSTREAM_KEY
+    if anthropic_upstream:
+        env["TOLLGATE_PROVIDERS__ANTHROPIC__BASE_URL"] = anthropic_upstream
+        env["TOLLGATE_PROVIDERS__ANTHROPIC__API_KEY"] = UPSTREAM_KEY
     return load_settings(env=env)
 
 
@@ -73,13 +80,18 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--upstream", required=True, help="OpenAI base URL, e.g. http://h:p/v1")
     parser.add_argument("--stream-upstream", help="base URL for the streaming row (groq slug)")
+    parser.add_argument(
+        "--anthropic-upstream", help="Anthropic base URL, e.g. http://h:p/anthropic"
+    )
     args = parser.parse_args()
 
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # load_settings reads ./tollgate.toml when present: run where there is none.
     os.chdir(data_dir)
-    settings = build_settings(data_dir, args.upstream, args.stream_upstream)
+    settings = build_settings(
+        data_dir, args.upstream, args.stream_upstream, args.anthropic_upstream
+    )
     credentials = asyncio.run(seed(settings))
     (data_dir / "credentials.json").write_text(json.dumps(credentials))
 
