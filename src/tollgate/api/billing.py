@@ -71,6 +71,7 @@ from tollgate.services import Services
 from tollgate.store import accounts as account_repo
 from tollgate.store import limits as limit_repo
 from tollgate.store import payments as payments_repo
+from tollgate.store import usage as usage_repo
 from tollgate.store.payments import PaymentProfile, TopUpRecord
 
 MIN_LIMIT_CENTS = 100
@@ -360,7 +361,7 @@ class BillingRoutes:
             raise _bad(
                 f"start_time: the range spans more than 1000 {window}s; narrow it", "start_time"
             )
-        buckets = await payments_repo.usage_buckets(
+        buckets = await usage_repo.usage_buckets(
             self.store,
             account_id,
             start=datetime.fromtimestamp(first, UTC),
@@ -396,7 +397,7 @@ class BillingRoutes:
         now = self.topups.clock()
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         end = (start + timedelta(days=32)).replace(day=1)
-        lines = await payments_repo.usage_by_model(self.store, account_id, start=start, end=end)
+        lines = await usage_repo.usage_by_model(self.store, account_id, start=start, end=end)
         return cloudflare_response(preview_json(account_id, lines, start, end))
 
 
