@@ -1,10 +1,21 @@
-"""Data-plane benchmark: tollgate against direct calls to the same zero-delay upstream, one run.
+"""Data-plane benchmark: tollgate against direct calls to the same zero-delay upstream, and the
+gateway with Unified Billing on against billing off (BYOK), one run.
 
 Topology on the 2-core machine (shared/reference/performance.md §6): the gateway is pinned to
 CPU 1; the nginx mock upstream and wrk share CPU 0. For each row (concurrency, streaming or not)
-the two arms run interleaved (direct, gateway, direct, gateway, ...) after a discarded warm-up,
-and the report gives medians over rounds. "Added" latency is the median over rounds of the paired
-difference (gateway - direct) of that round's percentile.
+three arms run interleaved (direct, gateway, byok, direct, gateway, byok, ...) after a discarded
+warm-up, and the report gives medians over rounds:
+
+- direct: wrk straight to nginx;
+- gateway: through tollgate with the gateway's managed key (Unified Billing: a hold before
+  forwarding, a settlement after), the tollgate token in `Authorization`;
+- byok: the same request through the same gateway process to the same nginx location, with the
+  client's own provider key in `Authorization` and the tollgate token in `cf-aig-authorization`,
+  so nothing is billed.
+
+"Added" latency is the median over rounds of the paired difference (gateway - direct) of that
+round's percentile. "Billing on vs off" compares the gateway arm with the byok arm, round by
+round (the issue's target: billing adds under 20% to the gateway's CPU per request).
 
 Run it with `make bench` (bench/run.sh installs nginx and wrk first). Options are environment
 variables: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP, BENCH_CONCURRENCY, BENCH_STREAM_CONCURRENCY.
@@ -29,7 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +66,9 @@ STREAM_MODEL = "llama-3.1-8b-instant"
 # A billed stream ends with its cost as an SSE comment, which clients ignore (tollgate.relay).
 COST_COMMENT = re.compile(rb": cf-aig-cost=(\S+) cf-aig-credits-remaining=\S+( estimated)?\n\n")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The billing issue's target: Unified Billing adds under 20% to the gateway's CPU per request,
+# i.e. CPU/req with billing on (gateway arm) / with billing off (byok arm) < 1.20.
+BILLING_CPU_TARGET = 1.20
 
 
 @dataclass(frozen=True)
@@ -104,9 +118,16 @@ class Cell:
 
 @dataclass(frozen=True)
 class Arm:
-    name: str  # "direct" or "gateway"
+    name: str  # "direct", "gateway" (Unified Billing) or "byok" (the client's own key)
     url: str
-    auth: str
+    headers: Mapping[str, str] = field(hash=False)
+    # Through the gateway: whether the answer must report a cost (True: Unified Billing) or must
+    # not (False: BYOK). None for the direct arm (nginx, no gateway).
+    billed: bool | None = None
+
+    @property
+    def through_gateway(self) -> bool:
+        return self.billed is not None
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -193,7 +214,7 @@ def start_nginx(procs: Processes, port: int) -> subprocess.Popen[bytes]:
     proc = procs.start([*argv, "-e", str(error_log)], marker="nginx", log=WORK / "nginx.log")
 
     def ready() -> bool:
-        return post(f"http://127.0.0.1:{port}/v1/chat/completions", "{}", "")[0] == 200
+        return post_with(f"http://127.0.0.1:{port}/v1/chat/completions", "{}", {})[0] == 200
 
     wait_until(ready, proc, error_log, "nginx")
     return proc
@@ -242,10 +263,6 @@ def process_tree(pid: int) -> list[int]:
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-
-def post(url: str, body: str, auth: str) -> tuple[int, dict[str, str], bytes]:
-    return post_with(url, body, {"Authorization": auth})
 
 
 def post_with(url: str, body: str, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -329,8 +346,8 @@ class CpuMeter:
 
 
 def run_wrk(arm: Arm, cell: Cell, seconds: int, meter: CpuMeter) -> dict[str, Any]:
-    result = wrk(arm.url, cell.body, {"Authorization": arm.auth}, cell.connections, seconds, meter)
-    if arm.name != "gateway":
+    result = wrk(arm.url, cell.body, arm.headers, cell.connections, seconds, meter)
+    if not arm.through_gateway:
         del result["gateway_cpu_us_per_req"]
     return result
 
@@ -377,19 +394,36 @@ def billed(headers: Mapping[str, str], body: bytes) -> tuple[bytes, str | None]:
 
 def check_arm(arm: Arm, cell: Cell) -> dict[str, Any]:
     """One request before measuring: the arm must answer 200 with the canned body, unchanged
-    (a billed stream may end with its cost comment)."""
-    status, headers, body = post(arm.url, cell.body, arm.auth)
+    (a billed stream may end with its cost comment), and through the gateway it must be billed
+    (the `gateway` arm: a `cf-aig-cost` header or cost comment) or not billed at all (the `byok`
+    arm: neither, and no `cf-aig-credits-remaining`); otherwise billing on against billing off
+    would compare the wrong things, and the run stops."""
+    status, headers, body = post_with(arm.url, cell.body, arm.headers)
     relayed, cost = billed(headers, body)
+    shown = f"\nheaders: {headers}\nbody: {body.decode(errors='replace')[:2000]}"
     if status != 200 or relayed.decode(errors="replace") != cell.expected:
         raise SystemExit(
             f"the {arm.name} arm of '{cell.name}' answered HTTP {status} with a body that is "
-            f"not the canned one.\nheaders: {headers}\nbody: {body.decode(errors='replace')[:2000]}"
+            f"not the canned one.{shown}"
+        )
+    if arm.billed is True and cost is None:
+        raise SystemExit(
+            f"the {arm.name} arm of '{cell.name}' was not billed (no cf-aig-cost header, no cost "
+            "comment): it must go through Unified Billing (the gateway's managed key), or "
+            f"'billing on vs off' compares nothing.{shown}"
+        )
+    if arm.billed is False and (cost is not None or "cf-aig-credits-remaining" in headers):
+        raise SystemExit(
+            f"the {arm.name} arm of '{cell.name}' was billed "
+            f"({f'cost ${cost}' if cost else 'a cf-aig-credits-remaining header'}) although it "
+            f"sends the client's own provider key: it must not go through Unified Billing.{shown}"
         )
     return {
         "status": status,
         "content_type": headers.get("content-type"),
         "bytes": len(body),
         "cost_usd": cost,
+        "billing": {True: "on", False: "off", None: "n/a"}[arm.billed],
     }
 
 
@@ -399,12 +433,17 @@ def measure_cell(cell: Cell, arms: list[Arm], config: Config, meter: CpuMeter) -
     rounds = []
     for i in range(config.rounds):
         results = {}
-        for arm in arms:
+        # The gateway arms swap places every round: whichever runs second inherits the first's
+        # background work (the WAL sync of its billing writes), so neither is always favoured.
+        order = arms if i % 2 == 0 else [arms[0], *reversed(arms[1:])]
+        for arm in order:
             r = results[arm.name] = run_wrk(arm, cell, config.seconds, meter)
+            cpu = r.get("gateway_cpu_us_per_req")
             print(
                 f"  {cell.name:<16} round {i + 1}/{config.rounds} {arm.name:<7} "
                 f"{r['rps']:>9,.0f} rps  p50 {report.ms(r['latency_us']['p50']):>7} ms  "
-                f"p99 {report.ms(r['latency_us']['p99']):>7} ms  failed {r['failed']}  "
+                f"p99 {report.ms(r['latency_us']['p99']):>7} ms  "
+                f"CPU/req {f'{cpu:,} µs' if cpu is not None else '-':>9}  failed {r['failed']}  "
                 f"other load {r['cpu']['other_pct']:.0f}%",
                 flush=True,
             )
@@ -423,7 +462,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
     ratios = [r["gateway"]["rps"] / r["direct"]["rps"] for r in rounds]
     summary: dict[str, Any] = {"rps_ratio": statistics.median(ratios)}
-    for arm in ("direct", "gateway"):
+    for arm in rounds[0]:
         summary[f"rps_{arm}"] = median(arm, lambda r: r["rps"])
         summary[f"rps_{arm}_range"] = [
             min(r[arm]["rps"] for r in rounds),
@@ -436,7 +475,51 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"{p}_added_us"] = paired(p)
     summary["gateway_cpu_us_per_req"] = median("gateway", lambda r: r["gateway_cpu_us_per_req"])
     summary["gateway_cpu_pct"] = median("gateway", lambda r: r["cpu"]["gateway_pct"])
+    if "byok" in rounds[0]:
+        summary["billing"] = billing_summary(rounds)
     return summary
+
+
+def billing_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Billing on (the `gateway` arm) against billing off (the `byok` arm), same gateway process:
+    medians over rounds of each arm, and medians of the per-round ratios and differences."""
+    on = [r["gateway"] for r in rounds]
+    off = [r["byok"] for r in rounds]
+
+    def med(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(get(r) for r in runs)
+
+    def cpu(r: dict[str, Any]) -> float:
+        return float(r["gateway_cpu_us_per_req"] or 0)  # None: no request served
+
+    # Rounds where either arm served nothing (or used no measurable CPU) have no ratio.
+    cpu_ratios = [cpu(a) / cpu(b) for a, b in zip(on, off, strict=True) if cpu(a) and cpu(b)]
+    cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else None
+    out: dict[str, Any] = {
+        "cpu_us_per_req_on": med(on, cpu),
+        "cpu_us_per_req_off": med(off, cpu),
+        "cpu_ratio": cpu_ratio,
+        "cpu_ratio_range": [min(cpu_ratios), max(cpu_ratios)] if cpu_ratios else None,
+        "cpu_added_us": statistics.median(cpu(a) - cpu(b) for a, b in zip(on, off, strict=True)),
+        "rps_on": med(on, lambda r: r["rps"]),
+        "rps_off": med(off, lambda r: r["rps"]),
+        "rps_ratio": statistics.median(
+            a["rps"] / b["rps"] if b["rps"] else 0.0 for a, b in zip(on, off, strict=True)
+        ),
+        "core_busy_pct_on": med(on, lambda r: r["cpu"]["gateway_pct"]),
+        "core_busy_pct_off": med(off, lambda r: r["cpu"]["gateway_pct"]),
+        "failed_on": sum(r["failed"] for r in on),
+        "failed_off": sum(r["failed"] for r in off),
+        "target_cpu_ratio": BILLING_CPU_TARGET,
+        "meets_target": cpu_ratio < BILLING_CPU_TARGET if cpu_ratio is not None else None,
+    }
+    for p in ("p50", "p99"):
+        out[f"{p}_on_us"] = med(on, lambda r, p=p: r["latency_us"][p])
+        out[f"{p}_off_us"] = med(off, lambda r, p=p: r["latency_us"][p])
+        out[f"{p}_added_us"] = statistics.median(
+            a["latency_us"][p] - b["latency_us"][p] for a, b in zip(on, off, strict=True)
+        )
+    return out
 
 
 # --- environment and machine state -------------------------------------------------------------
@@ -515,7 +598,10 @@ def cells_for(config: Config) -> list[Cell]:
 
 
 def arms_for(cell: Cell, nginx_port: int, gateway_port: int, creds: dict[str, str]) -> list[Arm]:
-    """Direct to nginx, and through the gateway to the same nginx location.
+    """Direct to nginx, and twice through the gateway to the same nginx location: with the
+    gateway's managed key (`gateway`: Unified Billing, the tollgate token in `Authorization`)
+    and with the client's own provider key (`byok`: the token in `cf-aig-authorization`,
+    `Authorization: Bearer sk-bench` relayed to the provider, nothing billed).
 
     The streaming row goes through the `groq` slug, which serve_gateway.py points at nginx's
     streaming path: same OpenAI-wire code path, different canned answer.
@@ -527,9 +613,12 @@ def arms_for(cell: Cell, nginx_port: int, gateway_port: int, creds: dict[str, st
         f"http://127.0.0.1:{gateway_port}/v1/{creds['account_id']}/default/{provider}"
         "/chat/completions"
     )
+    provider_key = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    token = f"Bearer {creds['token']}"
     return [
-        Arm("direct", direct, f"Bearer {UPSTREAM_KEY}"),
-        Arm("gateway", gateway, f"Bearer {creds['token']}"),
+        Arm("direct", direct, provider_key),
+        Arm("gateway", gateway, {"Authorization": token}, billed=True),
+        Arm("byok", gateway, {"cf-aig-authorization": token, **provider_key}, billed=False),
     ]
 
 
@@ -549,14 +638,25 @@ def run(config: Config, procs: Processes) -> dict[str, Any]:
     plan = [(cell, arms_for(cell, nginx_port, gateway_port, creds)) for cell in cells_for(config)]
     checks = {cell.name: {arm.name: check_arm(arm, cell) for arm in arms} for cell, arms in plan}
     idle_rss = process_memory_kib(gateway.pid)["VmRSS"]
+    started = time.monotonic()
     cells = [measure_cell(cell, arms, config, meter) for cell, arms in plan]
+    elapsed = round(time.monotonic() - started)
     final = process_memory_kib(gateway.pid)
+    verdicts = {c["cell"]["name"]: c["summary"]["billing"]["meets_target"] for c in cells}
     return {
         "config": asdict(config),
         "pinning": {"gateway": GATEWAY_CPU, "load": LOAD_CPU},
         "idle": idle,
         "checks": checks,
         "cells": cells,
+        "measure_s": elapsed,
+        "billing_target": {
+            "max_cpu_ratio": BILLING_CPU_TARGET,
+            "what": "gateway CPU/req with Unified Billing (gateway arm) / without (byok arm)",
+            "rows_meeting": sum(1 for v in verdicts.values() if v),
+            "rows": len(verdicts),
+            "meets": verdicts,
+        },
         "memory": {
             "idle_rss_kib": idle_rss,
             "final_rss_kib": final["VmRSS"],
@@ -587,7 +687,9 @@ def main() -> int:
     raw = RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-dataplane.json"
     raw.write_text(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(ROOT)} and {raw.relative_to(ROOT)}")
-    failed = sum(c["summary"]["failed_gateway"] for c in result["cells"])
+    failed = sum(
+        c["summary"]["failed_gateway"] + c["summary"]["failed_byok"] for c in result["cells"]
+    )
     if failed:
         print(f"FAILED: the gateway failed {failed} requests under load; see 'Errors under load'")
         return 1

@@ -47,6 +47,95 @@ def main_table(cells: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def billing_table(cells: list[dict[str, Any]]) -> list[str]:
+    """Billing on (the gateway arm, Unified Billing) against billing off (the byok arm)."""
+    lines = [
+        "| Row | c | CPU/req on | CPU/req off | CPU/req on/off | on/off per round "
+        "| CPU/req added | RPS on | RPS off | RPS on/off | p50 on | p50 off | p99 on | p99 off "
+        "| core busy on/off | other load (max) | failed on/off | target |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for cell in cells:
+        b, c = cell["summary"]["billing"], cell["cell"]
+        ratio, spread = "n/a", "n/a"
+        if b["cpu_ratio"] is not None:
+            low, high = b["cpu_ratio_range"]
+            ratio, spread = f"{b['cpu_ratio']:.2f}", f"{low:.2f}-{high:.2f}"
+        other = max(r["cpu"]["other_pct"] for _, arm, r in _runs(cell) if arm != "direct")
+        verdict = {True: "meets", False: "**misses**", None: "n/a (no CPU measured)"}[
+            b["meets_target"]
+        ]
+        lines.append(
+            f"| {c['name']} | {c['connections']} | {b['cpu_us_per_req_on']:,.0f} µs "
+            f"| {b['cpu_us_per_req_off']:,.0f} µs | {ratio} "
+            f"| {spread} | {b['cpu_added_us']:+,.0f} µs "
+            f"| {b['rps_on']:,.0f} | {b['rps_off']:,.0f} | {b['rps_ratio']:.3f} "
+            f"| {ms(b['p50_on_us'])} | {ms(b['p50_off_us'])} "
+            f"| {ms(b['p99_on_us'])} | {ms(b['p99_off_us'])} "
+            f"| {b['core_busy_pct_on']:.0f}% / {b['core_busy_pct_off']:.0f}% "
+            f"| {other:.0f}% | {b['failed_on']}/{b['failed_off']} | {verdict} |"
+        )
+    return lines
+
+
+def billing_section(cells: list[dict[str, Any]]) -> list[str]:
+    """ "Billing on vs off": the table and the target, or nothing for a run without a byok arm."""
+    mine = [c for c in cells if "billing" in c["summary"]]
+    if not mine:
+        return []
+    target = mine[0]["summary"]["billing"]["target_cpu_ratio"]
+    meeting = [c["cell"]["name"] for c in mine if c["summary"]["billing"]["meets_target"]]
+    missing = [c["cell"]["name"] for c in mine if c["summary"]["billing"]["meets_target"] is False]
+    saturated = [
+        c
+        for c in mine
+        if c["cell"]["connections"] > 1 and c["summary"]["billing"]["cpu_ratio"] is not None
+    ]
+    verdict = f"met on {len(meeting)} of {len(mine)} rows" + (
+        f"; missed on {', '.join(missing)}" if missing else ""
+    )
+    added = ", ".join(
+        f"{c['cell']['name']} {c['summary']['billing']['cpu_added_us']:+,.0f} µs "
+        f"(x{c['summary']['billing']['cpu_ratio']:.2f})"
+        for c in saturated
+    )
+    return [
+        "## Billing on vs off",
+        "",
+        "Both arms through the same gateway process to the same nginx location, in the same run: "
+        "**on** = the `gateway` arm (the gateway's managed key: Unified Billing, a hold before "
+        "forwarding and a settlement after, checked billed: it reports a `cf-aig-cost`); "
+        "**off** = the `byok` arm (`cf-aig-authorization: Bearer <token>` and the client's own "
+        "provider key in `Authorization`: checked not billed, no `cf-aig-cost`). CPU/req = the "
+        "gateway process's utime+stime ÷ the requests it served; 'on/off' and 'added' are the "
+        "medians of the per-round ratios and differences (on - off), 'on/off per round' their "
+        "lowest and highest; other values are medians over rounds. Latencies in ms.",
+        "",
+        f"**Target (billing issue): Unified Billing adds under {100 * (target - 1):.0f}% to the "
+        f"gateway's own CPU per request on SQLite, i.e. CPU/req on/off < {target:.2f}: "
+        f"{verdict}.** Read it at the saturated rows (c > 1, core busy near 100%); at c=1 the "
+        "core idles between requests and CPU/req includes the event loop waking up for each."
+        + (f" Billing adds per request: {added}." if added else ""),
+        "",
+        *billing_table(mine),
+    ]
+
+
+def check_lines(checks: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = []
+    for row, arms in checks.items():
+        for arm, c in arms.items():
+            billing = {"on": "billing on", "off": "billing off", "n/a": "no gateway"}.get(
+                c.get("billing", "n/a"), "?"
+            )
+            cost = f"billed ${c['cost_usd']}" if c["cost_usd"] else "not billed (no cf-aig-cost)"
+            lines.append(
+                f"- {row} / {arm} ({billing}): HTTP {c['status']}, {c['content_type']}, "
+                f"{c['bytes']} bytes, the canned body unchanged; {cost}"
+            )
+    return lines
+
+
 def rounds_table(cells: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| Row | arm | round | RPS | p50 | p90 | p99 | max | CPU0 busy | CPU1 busy "
@@ -137,14 +226,28 @@ def every_run_lines(cells: list[dict[str, Any]]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     env, cfg = report["env"], report["config"]
+    arms = list(report["cells"][0]["rounds"][0]) if report["cells"] else ["direct", "gateway"]
+    has_byok = "byok" in arms
+    arm_order = ", ".join([*arms, arms[0]])
     lines = [
         f"# Data-plane benchmark, {env['date_utc']} UTC",
         "",
         *environment_lines(report),
         f"- Protocol: `wrk -t1 -cN`, {cfg['seconds']} s per run, {cfg['rounds']} rounds per row, "
-        f"arms interleaved (direct, gateway, direct, ...), {cfg['warmup']} s warm-up per arm "
+        f"arms interleaved ({arm_order}, ...), {cfg['warmup']} s warm-up per arm "
         "discarded; values are medians over rounds; 'added' is the median of the per-round "
-        "differences (gateway - direct)",
+        "differences (gateway - direct)"
+        + (f"; {report['measure_s']} s of measuring in all" if "measure_s" in report else ""),
+        "- Arms: **direct** = wrk straight to nginx (`Authorization: Bearer sk-bench`); "
+        "**gateway** = through tollgate with its managed key (Unified Billing), the tollgate "
+        "token in `Authorization`"
+        + (
+            "; **byok** = the same request through the same gateway to the same nginx location "
+            "with the client's own key (`cf-aig-authorization: Bearer <token>`, "
+            "`Authorization: Bearer sk-bench`), not billed"
+            if has_byok
+            else ""
+        ),
         "",
         "Latencies in ms. 'gateway CPU/req' = the gateway process's utime+stime ÷ the requests it "
         "served; 'gateway core busy' = that CPU time ÷ wall time (100% = its core is saturated); "
@@ -153,9 +256,15 @@ def render(report: dict[str, Any]) -> str:
         "",
         *main_table(report["cells"]),
         "",
+        *billing_section(report["cells"]),
+        *([""] if has_byok else []),
         memory_line(report["memory"]),
         "",
         *contention_lines(report["cells"]),
+        "",
+        "## Checked before measuring (one request per arm)",
+        "",
+        *check_lines(report["checks"]),
         "",
         *every_run_lines(report["cells"]),
     ]

@@ -8,7 +8,10 @@
 the `groq` provider's base URL (another OpenAI-wire row, so a streaming request takes exactly the
 same code path while nginx can answer it on its own path). `--anthropic-upstream`, when given,
 becomes the `anthropic` provider's base URL (the gateway posts to `{base}/v1/messages`). All use
-the managed key `sk-bench`, so requests go through Unified Billing (the gateway injects the key).
+the managed key `sk-bench`, so requests with the tollgate token in `Authorization` go through
+Unified Billing (the gateway injects the key); a request that sends its own provider key
+(`Authorization: Bearer sk-bench`) with the token in `cf-aig-authorization` is BYOK and is not
+billed (bench/dataplane.py's `byok` arm).
 
 Before serving, the account id and token are written to `<data-dir>/credentials.json`
 (`{"account_id": ..., "token": ...}`) for the runner. Settings come only from the variables built

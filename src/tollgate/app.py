@@ -4,8 +4,8 @@ Requests under `/v1/` (the data plane) go straight to a raw ASGI handler; everyt
 management and admin APIs, operations endpoints) goes to a FastAPI app, which costs more per
 request but gives typed models and OpenAPI where speed does not matter.
 
-The lifespan owns every resource: database migrations, the upstream connection pool, and in
-sandbox mode the in-process simulator. It closes them all on shutdown.
+The lifespan owns every resource: database migrations, the upstream connection pool, the ledger's
+maintenance task, and in sandbox mode the in-process simulator. It closes them all on shutdown.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tollgate.api.dataplane import DataPlane
 from tollgate.api.management import management_router
 from tollgate.api.models import models_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
+from tollgate.billing.maintenance import Maintenance
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tollgate.providers.registry import PROVIDERS
 from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
@@ -152,6 +153,11 @@ class TollgateApp:
         stack.push_async_callback(self.upstream.close)
         stack.push_async_callback(services.topups.aclose)
         await self._recover_holds()
+        services.meter.start_keep_alive()  # long streams keep their holds past the TTL
+        stack.push_async_callback(services.meter.stop_keep_alive)
+        maintenance = Maintenance.from_settings(services.ledger, services.settings.billing)
+        if maintenance is not None:  # periodic recovery and pruning, stopped first on shutdown
+            stack.push_async_callback(maintenance.start().aclose)
         if services.settings.sandbox_mode:
             self.sandbox_credentials = await bootstrap_sandbox(services)
         # Everything allocated so far lives as long as the process: move it out of the garbage

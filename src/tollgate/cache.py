@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+D = TypeVar("D")
 
 
 class RefreshingCache(Generic[K, V]):
@@ -38,17 +39,33 @@ class RefreshingCache(Generic[K, V]):
         self._generation = 0
 
     async def get(self, key: K) -> V:
-        entry = self._entries.get(key)
-        if entry is not None:
-            age = time.monotonic() - entry[0]
-            if age <= self._ttl:
-                return entry[1]
-            if age <= 2 * self._ttl:
-                if key not in self._inflight:
-                    self._start_load(key).add_done_callback(_ignore_failure)
-                return entry[1]
+        servable = self._servable(key)
+        if servable:
+            return servable[0]
         future = self._inflight.get(key) or self._start_load(key)
         return await asyncio.shield(future)
+
+    def get_nowait(self, key: K, default: D) -> V | D:
+        """What `get` would serve without waiting, else `default` (a load starts, single
+        flight, so a later `get` finds it)."""
+        servable = self._servable(key)
+        if servable:
+            return servable[0]
+        if key not in self._inflight:
+            self._start_load(key).add_done_callback(_ignore_failure)
+        return default
+
+    def _servable(self, key: K) -> tuple[V] | None:
+        """The cached value if it may be served now (refreshing it ahead when it is due)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = time.monotonic() - entry[0]
+        if age > 2 * self._ttl:
+            return None
+        if age > self._ttl and key not in self._inflight:
+            self._start_load(key).add_done_callback(_ignore_failure)
+        return (entry[1],)
 
     def peek(self, key: K) -> V | None:
         """The cached value if fresh, without loading (never waits)."""

@@ -24,6 +24,13 @@ def round_half_up(value: Fraction) -> Nanos:
     return int((value + Fraction(1, 2)).__floor__())
 
 
+def round_half_up_ratio(numerator: int, denominator: int) -> Nanos:
+    """`round_half_up(Fraction(numerator, denominator))` in integers (the hot path's form)."""
+    if denominator <= 0:
+        raise ValueError("the denominator must be positive")
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
 def from_cents(cents: int) -> Nanos:
     return cents * NANOS_PER_CENT
 

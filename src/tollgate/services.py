@@ -6,6 +6,7 @@ No globals: each surface receives this object explicitly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from tollgate.api.auth import OperatorAuth, TokenVerifier
 from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
@@ -56,8 +57,10 @@ class Services:
                 f"invalid configuration:\n  billing.price_overrides: {exc}. "
                 "Fix [billing.price_overrides] in tollgate.toml."
             ) from None
-        store = store or Store(settings.database.url)
-        ledger = Ledger(store)
+        store = store or Store(
+            settings.database.url, wal_sync_interval=settings.database.wal_sync_interval_seconds
+        )
+        ledger = Ledger(store, hold_ttl=timedelta(seconds=settings.billing.hold_ttl_seconds))
         topups = TopUps(
             store,
             build_payment_provider(settings),

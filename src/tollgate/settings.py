@@ -44,6 +44,9 @@ class ServerSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     model_config = _FROZEN
     url: str = "sqlite:///./data/tollgate.db"
+    # SQLite: how often the WAL of the ledger's hot writes is synced to disk, which bounds what
+    # an OS crash or power loss could lose (store/loop_writer.py). A killed process loses nothing.
+    wal_sync_interval_seconds: float = Field(1.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
@@ -79,6 +82,15 @@ class BillingSettings(BaseModel):
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
+    # How long a hold lives before crash recovery may resolve it (billing/ledger.py). The meter
+    # extends the holds of requests in flight every third of it (Meter.keep_alive).
+    hold_ttl_seconds: int = Field(900, ge=1)
+    # The background maintenance (billing/maintenance.py): recover expired holds, prune what can
+    # no longer count. 0 turns it off (start-up recovery still runs).
+    maintenance_interval_seconds: float = Field(300.0, ge=0)
+    # Resolved holds are kept this long (at least), then pruned; see docs/operations.md. Above
+    # the account limit's 31-day window, so a hold due for pruning rarely waits on a live bucket.
+    hold_retention_days: int = Field(35, ge=1)
 
 
 class ProviderSettings(BaseModel):

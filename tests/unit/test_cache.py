@@ -83,3 +83,30 @@ async def test_a_failed_load_is_raised_and_not_cached() -> None:
     with pytest.raises(OSError):
         await cache.get("k")
     assert await cache.get("k") == "ok"
+
+
+async def test_get_nowait_never_waits_and_starts_one_load_for_a_burst() -> None:
+    # The auto top-up check runs after every settle: a burst of misses makes one database read.
+    loader = Loader()
+    loader.gate = asyncio.Event()
+    cache: RefreshingCache[str, str | None] = RefreshingCache(loader, ttl=60)
+    missing = object()
+    assert {cache.get_nowait("k", missing) for _ in range(50)} == {missing}
+    await asyncio.sleep(0)
+    assert loader.calls == 1
+    loader.gate.set()
+    assert await cache.get("k") == "k:v1"  # joins the load the burst started
+    assert cache.get_nowait("k", missing) == "k:v1"
+    assert loader.calls == 1
+
+
+async def test_get_nowait_serves_a_stale_entry_while_it_refreshes() -> None:
+    loader = Loader()
+    cache: RefreshingCache[str, str] = RefreshingCache(loader, ttl=0.05)
+    assert await cache.get("k") == "k:v1"
+    await asyncio.sleep(0.06)
+    loader.value = "v2"
+    assert cache.get_nowait("k", None) == "k:v1"
+    await asyncio.sleep(0.01)
+    assert cache.get_nowait("k", None) == "k:v2"
+    assert loader.calls == 2

@@ -56,3 +56,22 @@ def test_header_dollars_is_exact() -> None:
 def test_cents_round_trip(cents: int) -> None:
     nanos = money.from_cents(cents)
     assert money.to_dollars(nanos) * 100 == cents
+
+
+@given(st.integers(-(10**30), 10**30), st.integers(1, 10**18))
+def test_integer_rounding_is_the_same_rule_as_the_fraction_one(num: int, den: int) -> None:
+    # The catalog's hot path rounds (numerator, denominator) pairs; it must never disagree
+    # with the one rounding rule, halves and negatives included.
+    assert money.round_half_up_ratio(num, den) == money.round_half_up(Fraction(num, den))
+
+
+@pytest.mark.parametrize(
+    ("num", "den", "expected"), [(1, 2, 1), (-1, 2, 0), (3, 2, 2), (-3, 2, -1)]
+)
+def test_integer_rounding_of_exact_halves(num: int, den: int, expected: int) -> None:
+    assert money.round_half_up_ratio(num, den) == expected
+
+
+def test_integer_rounding_refuses_a_non_positive_denominator() -> None:
+    with pytest.raises(ValueError):
+        money.round_half_up_ratio(1, 0)

@@ -39,6 +39,7 @@ bound: never under-billed). ``Usage`` has one cache-write count, so writes bill 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,7 +50,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tollgate.canonical import Usage
-from tollgate.money import Nanos, round_half_up
+from tollgate.money import Nanos, round_half_up, round_half_up_ratio
 from tollgate.providers.registry import PROVIDER_ALIASES
 
 NANOS_PER_TOKEN_PER_USD_PER_MTOK = 1000  # $1 / 1e6 tokens = 1e9 nanos / 1e6 tokens
@@ -82,6 +83,24 @@ class Prices:
     cache_write: Fraction | None = None
     cache_write_1h: Fraction | None = None
     reasoning: Fraction | None = None
+    # The five billed rates (input, cache read, cache write, output, reasoning, with the
+    # fallbacks of `usage_cost` applied) over one common denominator, computed once: a cost is
+    # then integer arithmetic, about 20x cheaper than summing Fractions on every request.
+    scaled: tuple[int, tuple[int, int, int, int, int]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        rates = (
+            self.input,
+            _or(self.cached_input, self.input),
+            _or(self.cache_write, self.input),
+            self.output,
+            _or(self.reasoning, self.output),
+        )
+        denominator = math.lcm(*(rate.denominator for rate in rates))
+        numerators = tuple(rate.numerator * (denominator // rate.denominator) for rate in rates)
+        object.__setattr__(self, "scaled", (denominator, numerators))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +192,16 @@ class Catalog:
         slug = PROVIDER_ALIASES.get(provider, provider)
         if slug != price.provider:
             raise ValueError(f"price of {price.id!r} used for provider {provider!r}")
-        return round_half_up(usage_cost(price, usage))
+        return round_half_up_ratio(*_scaled_cost(price, usage))
 
 
 def usage_cost(price: ModelPrice, usage: Usage) -> Fraction:
     """The unrounded exact cost in nano-dollars (module docstring has the formula)."""
+    return Fraction(*_scaled_cost(price, usage))
+
+
+def _scaled_cost(price: ModelPrice, usage: Usage) -> tuple[int, int]:
+    """The exact cost as (numerator, denominator) nano-dollars: `Prices.scaled` applied."""
     counts = (
         usage.input_tokens,
         usage.output_tokens,
@@ -190,15 +214,17 @@ def usage_cost(price: ModelPrice, usage: Usage) -> Fraction:
     uncached = usage.uncached_input_tokens
     if uncached < 0 or usage.reasoning_tokens > usage.output_tokens:
         raise ValueError(f"inconsistent usage (breakdown exceeds its total): {usage}")
-    p = price.prices_for(usage.input_tokens)
-    plain_output = usage.output_tokens - usage.reasoning_tokens
-    return (
-        uncached * p.input
-        + usage.cached_input_tokens * _or(p.cached_input, p.input)
-        + usage.cache_write_input_tokens * _or(p.cache_write, p.input)
-        + plain_output * p.output
-        + usage.reasoning_tokens * _or(p.reasoning, p.output)
+    denominator, (input_, cached, write, output, reasoning) = price.prices_for(
+        usage.input_tokens
+    ).scaled
+    numerator = (
+        uncached * input_
+        + usage.cached_input_tokens * cached
+        + usage.cache_write_input_tokens * write
+        + (usage.output_tokens - usage.reasoning_tokens) * output
+        + usage.reasoning_tokens * reasoning
     )
+    return numerator, denominator
 
 
 def load_catalog(
@@ -338,7 +364,7 @@ def _parse_tiers(tiers: Any, base: Prices, factor: Fraction, fail: Fail) -> tupl
         if unknown:
             raise fail(f"{where}.{sorted(unknown)[0]}", "unknown tier field")
         previous = parsed[-1].prices if parsed else base
-        changes = {
+        changes: dict[str, Any] = {
             name: _price(tier[name], factor, f"{where}.{name}", fail)
             for name in BILLED_FIELDS
             if tier.get(name) is not None

@@ -22,8 +22,8 @@ ledger entry; a release writes none either.
 **Crash recovery policy** (`recover`, run by the app at start-up and then periodically): a hold is
 abandoned when it is still open after its `expires_at` (hold time + the TTL, 15 minutes by
 default). A call that may outlive the TTL must `extend` its hold now and then, or another process's
-sweep would recover it while it streams (its own settle would then return the recovered result).
-Then:
+sweep would recover it while it streams (its own settle would then return the recovered result):
+the meter does that for every request in flight (`Meter.keep_alive`). Then:
 
 - **never forwarded** (no `mark_forwarded`, no `hold(forwarded=True)`): nothing reached the
   upstream, so the hold is **released** (no charge, no ledger entry);
@@ -41,7 +41,8 @@ that knows it is the database's sole user (one process on SQLite, at start-up).
 entries and each `balance_after` the running sum; `held_nanos` is the sum of open credit holds;
 every bucket equals the sum of its holds' current amounts (open: held, settled: charged,
 released: 0); every settled credit hold with a charge has exactly one `usage` entry of `-charge`
-(reference `hold:{id}`), and no other hold does.
+(reference `hold:{id}`), and no other hold does; every such entry names a hold of the account,
+unless maintenance pruned it (`pruned_before`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from tollgate.billing.windows import Clock, utc_now
 from tollgate.errors import Conflict, InsufficientBalance, NotFound, SpendLimitExceeded
 from tollgate.money import header_dollars
 from tollgate.store import holds as holds_repo
+from tollgate.store import holds_sqlite
 from tollgate.store import limits as limits_repo
 from tollgate.store.engine import Store
 from tollgate.store.holds import AccountSnapshot, EntryRow, Hold, Settlement
@@ -109,6 +111,10 @@ class Ledger:
         self.store = store
         self.clock = clock
         self.hold_ttl = hold_ttl
+        # SQLite: the group-committing hot writer; PostgreSQL: one SQLAlchemy transaction each.
+        sqlite = store.dialect == "sqlite"
+        self._create_hold = holds_sqlite.create_hold if sqlite else holds_repo.create_hold
+        self._resolve_hold = holds_sqlite.resolve_hold if sqlite else holds_repo.resolve_hold
 
     async def hold(
         self,
@@ -151,19 +157,21 @@ class Ledger:
             for spec, span in zip(limits, spans, strict=True)
         ]
         try:
-            return await holds_repo.create_hold(
+            return await self._create_hold(
                 self.store,
-                account_id=account_id,
-                request_id=request_id,
-                amount_nanos=amount_nanos,
-                recovery_charge_nanos=recovery,
-                uses_credits=uses_credits,
-                forwarded=forwarded,
-                gateway_id=gateway_id,
-                model=model,
-                created_at=now,
-                expires_at=now + (ttl or self.hold_ttl),
-                checks=checks,
+                holds_repo.NewHold(
+                    account_id=account_id,
+                    request_id=request_id,
+                    amount_nanos=amount_nanos,
+                    recovery_charge_nanos=recovery,
+                    uses_credits=uses_credits,
+                    gateway_id=gateway_id,
+                    model=model,
+                    created_at=now,
+                    expires_at=now + (ttl or self.hold_ttl),
+                    checks=tuple(checks),
+                    forwarded=forwarded,
+                ),
             )
         except holds_repo.InsufficientFunds as exc:
             raise InsufficientBalance(
@@ -191,12 +199,18 @@ class Ledger:
         expires_at = self.clock() + (ttl or self.hold_ttl)
         return await holds_repo.extend_hold(self.store, hold.id, expires_at)
 
+    async def extend_many(self, holds: Sequence[Hold], ttl: timedelta | None = None) -> int:
+        """`extend` for many holds in one transaction (the meter's keep-alive); returns how many
+        were still open."""
+        expires_at = self.clock() + (ttl or self.hold_ttl)
+        return await holds_repo.extend_holds(self.store, [h.id for h in holds], expires_at)
+
     async def settle(
         self, hold: Hold, actual_nanos: int, *, estimated: bool = False, note: str = ""
     ) -> Settlement:
         """Charge `actual_nanos` (measured, or `estimated`) and release the rest of the hold."""
         _nanos(actual_nanos, "actual_nanos")
-        return await holds_repo.resolve_hold(
+        return await self._resolve_hold(
             self.store,
             hold,
             charge_nanos=actual_nanos,
@@ -207,7 +221,7 @@ class Ledger:
 
     async def release(self, hold: Hold) -> Settlement:
         """Nothing was produced: no charge, no entry; the held amount and buckets restored."""
-        return await holds_repo.resolve_hold(
+        return await self._resolve_hold(
             self.store,
             hold,
             charge_nanos=None,
@@ -233,7 +247,7 @@ class Ledger:
                 if hold.forwarded_at is None:
                     result = await self.release(hold)
                 else:
-                    result = await holds_repo.resolve_hold(
+                    result = await self._resolve_hold(
                         self.store,
                         hold,
                         charge_nanos=hold.recovery_charge_nanos,
@@ -306,7 +320,7 @@ def _expected_buckets(snapshot: AccountSnapshot) -> dict[tuple[str, int], int]:
     return expected
 
 
-def _ledger_problems(snapshot: AccountSnapshot) -> list[str]:
+def _ledger_problems(snapshot: AccountSnapshot, pruned_before: datetime | None) -> list[str]:
     problems: list[str] = []
     running = 0
     for entry in snapshot.entries:
@@ -336,17 +350,27 @@ def _ledger_problems(snapshot: AccountSnapshot) -> list[str]:
             problems.append(f"hold {hold.id}: charged {charged}, ledger entry {found}")
         elif not charged and found is not None:
             problems.append(f"hold {hold.id}: nothing charged but ledger entry {found}")
-    problems.extend(f"ledger entry {e.id} names no hold of this account" for e in usage.values())
+    problems.extend(
+        f"ledger entry {e.id} names no hold of this account"
+        for e in usage.values()
+        if pruned_before is None or e.created_at >= pruned_before  # else its hold was pruned
+    )
     return problems
 
 
-async def check_invariants(store: Store, account_id: str) -> AccountSnapshot:
-    """Check every ledger, hold and bucket invariant of one account; raise `InvariantViolation`."""
+async def check_invariants(
+    store: Store, account_id: str, *, pruned_before: datetime | None = None
+) -> AccountSnapshot:
+    """Check every ledger, hold and bucket invariant of one account; raise `InvariantViolation`.
+
+    `pruned_before`: maintenance deleted the holds resolved before this moment
+    (`tollgate.billing.maintenance`), so a `usage` entry written before it may name a hold that
+    no longer exists. Every other check is unchanged: the entries still sum to the balance."""
     own = account_key(account_id)
     gateway_prefix = f"gateway:{account_id}:"
     snapshot = await holds_repo.account_snapshot(store, account_id, [own, gateway_prefix])
     stored = {ref: n for ref, n in snapshot.buckets.items() if belongs_to(ref[0], account_id)}
-    problems = _ledger_problems(snapshot)
+    problems = _ledger_problems(snapshot, pruned_before)
     expected = _expected_buckets(snapshot)
     for ref in sorted(set(expected) | set(stored)):
         if stored.get(ref, 0) != expected.get(ref, 0):

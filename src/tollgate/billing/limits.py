@@ -94,6 +94,22 @@ def belongs_to(key: str, account_id: str) -> bool:
     return key == account_key(account_id) or key.startswith(f"gateway:{account_id}:")
 
 
+def key_account(key: str) -> str | None:
+    """The account whose spend a limit key counts; None for a key of no known shape."""
+    kind, _, rest = key.partition(":")
+    account, sep, _ = rest.partition(":")
+    if (kind == "account" and not sep) or (kind == "gateway" and sep):
+        return account
+    return None
+
+
+def unpartitioned(key: str) -> str | None:
+    """A gateway rule's key without its partition digest (what `rule_key` gives for no
+    partition); None for any other key. Account and gateway ids and quoted rule ids hold no ':'."""
+    parts = key.split(":")
+    return ":".join(parts[:4]) if parts[0] == "gateway" and len(parts) in (4, 5) else None
+
+
 def metadata_text(value: object) -> str:
     """A metadata value as rules compare it: strings as they are, anything else as JSON."""
     return value if isinstance(value, str) else orjson.dumps(value).decode()

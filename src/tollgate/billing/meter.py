@@ -26,11 +26,14 @@ of the count seen and that estimate, and the charge is flagged estimated.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from tollgate.billing.catalog import Catalog, ModelPrice
@@ -42,10 +45,16 @@ from tollgate.canonical import Usage
 from tollgate.errors import InsufficientBalance, InvalidRequest
 from tollgate.store import GatewayRecord, Store
 from tollgate.store import limits as limits_repo
+from tollgate.store._util import ordered_id
 from tollgate.store.holds import Hold
 
 MIN_USEFUL_OUTPUT_TOKENS = 64
 BYTES_PER_OUTPUT_TOKEN = 4
+# The keep-alive stops extending a hold this old: a request the pipeline never settled (a bug)
+# must not hold credits forever; recovery then resolves it once its last expiry passes.
+KEEP_ALIVE_MAX_AGE = timedelta(hours=24)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -83,6 +92,9 @@ class Meter:
         self._account_limits: RefreshingCache[str, limits_repo.AccountLimit | None] = (
             RefreshingCache(lambda account: limits_repo.get_account_limit(store, account), ttl=5.0)
         )
+        # Holds admitted and not yet settled by this process, for the keep-alive.
+        self._in_flight: dict[str, Hold] = {}
+        self._keep_alive: asyncio.Task[None] | None = None
 
     def forget_account_limit(self, account_id: str) -> None:
         self._account_limits.invalidate(account_id)
@@ -140,6 +152,7 @@ class Meter:
             if capped is None:
                 raise
             hold = await self._hold(account_id, gateway, price, prompt, capped, limits, unified)
+        self._in_flight[hold.id] = hold
         return Admission(hold, price, price.provider, prompt, capped, unified)
 
     async def _hold(
@@ -157,7 +170,7 @@ class Meter:
         recovery = self.catalog.cost(price.provider, price, Usage(prompt, 0))
         return await self.ledger.hold(
             account_id,
-            f"req_{secrets.token_hex(12)}",
+            f"req_{ordered_id()}",
             upper,
             gateway_id=gateway.id,
             limits=limits,
@@ -194,6 +207,7 @@ class Meter:
         when the response broke off before its final usage (`complete=False`)."""
         if admission.hold is None or admission.price is None:
             return None
+        self._in_flight.pop(admission.hold.id, None)
         if usage is None and produced_bytes == 0:
             return await self.ledger.release(admission.hold)
         estimated = usage is None or not complete
@@ -214,3 +228,33 @@ class Meter:
         if self.on_settled is not None and balance is not None and not settlement.replayed:
             self.on_settled(settlement.account_id, balance)
         return settlement
+
+    # --- keep-alive: a request longer than the hold TTL must not be recovered mid-flight ---------
+
+    async def keep_alive(self) -> int:
+        """Push the expiry of every hold this process still has in flight (one transaction);
+        returns how many were extended. Holds older than `KEEP_ALIVE_MAX_AGE` are left alone."""
+        oldest = self.ledger.clock() - KEEP_ALIVE_MAX_AGE
+        alive = [hold for hold in self._in_flight.values() if hold.created_at > oldest]
+        return await self.ledger.extend_many(alive) if alive else 0
+
+    def start_keep_alive(self) -> None:
+        """Run `keep_alive` every third of the hold TTL, until `stop_keep_alive`: a hold then
+        always has two chances to be extended before it could expire."""
+        interval = self.ledger.hold_ttl.total_seconds() / 3
+        self._keep_alive = asyncio.create_task(self._keep_alive_loop(interval))
+
+    async def stop_keep_alive(self) -> None:
+        task, self._keep_alive = self._keep_alive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _keep_alive_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.keep_alive()
+            except Exception:  # the database may be down for a moment: the next round retries
+                log.exception("extending the holds of requests in flight failed")

@@ -7,10 +7,15 @@ busy timeout. Writes in one process also go through a one-connection pool, so th
 memory instead of spinning on the file lock. Reads use a separate pool and never block writers.
 
 PostgreSQL uses one asyncpg pool for both.
+
+On SQLite the ledger's hot writes (holds and settlements) bypass SQLAlchemy: `hot()` gives the
+running loop's `LoopWriter`, which group-commits them on the loop thread
+(`tollgate.store.loop_writer` explains the design and its durability).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +25,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tollgate.store.loop_writer import Checkpointer, LoopWriter
+
+WAL_SYNC_INTERVAL = 1.0  # seconds between WAL syncs for the hot writer (see loop_writer)
 
 
 def async_url(url: str) -> str:
@@ -73,14 +82,21 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
 class Store:
     """Owns the database engines. Use `write()` for a transaction that changes anything."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, wal_sync_interval: float = WAL_SYNC_INTERVAL) -> None:
         self.url = url
         driver_url = async_url(url)
         self.dialect = "sqlite" if driver_url.startswith("sqlite") else "postgresql"
+        self.wal_sync_interval = wal_sync_interval
+        self._hot: dict[asyncio.AbstractEventLoop, LoopWriter] = {}
+        self._checkpointer: Checkpointer | None = None
+        self.sqlite_path = ""
         if self.dialect == "sqlite":
             database = make_url(driver_url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            if not database or database == ":memory:":
+                # Each connection to :memory: is its own database; the hot writer needs a file.
+                raise ValueError("tollgate needs a SQLite file, not an in-memory database")
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.sqlite_path = database
             self._writer = _sqlite_engine(driver_url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._reader = _sqlite_engine(driver_url, begin="BEGIN", pool_size=4)
         else:
@@ -98,7 +114,26 @@ class Store:
         async with self._reader.connect() as conn:
             yield conn
 
+    def hot(self) -> LoopWriter:
+        """The running loop's group-committing writer (SQLite only)."""
+        loop = asyncio.get_running_loop()
+        writer = self._hot.get(loop)
+        if writer is None:
+            if self.dialect != "sqlite":
+                raise RuntimeError("the hot writer is for SQLite; PostgreSQL uses write()")
+            writer = self._hot[loop] = LoopWriter(self.sqlite_path, loop)
+            if self._checkpointer is None:
+                self._checkpointer = Checkpointer(self.sqlite_path, self.wal_sync_interval)
+                self._checkpointer.start()
+        return writer
+
     async def close(self) -> None:
+        for writer in self._hot.values():
+            writer.close()
+        self._hot.clear()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()

@@ -84,6 +84,59 @@ class Settlement:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class NewHold:
+    """What an admission asks `create_hold` for (on either engine). `checks` have distinct keys."""
+
+    account_id: str
+    request_id: str
+    amount_nanos: int
+    recovery_charge_nanos: int
+    uses_credits: bool
+    gateway_id: str | None
+    model: str | None
+    created_at: datetime
+    expires_at: datetime
+    checks: tuple[LimitCheck, ...]
+    forwarded: bool = False  # mark it forwarded at once (saves `mark_forwarded`'s write)
+
+    def hold(self, hold_id: str) -> Hold:
+        """The open hold this admission creates, under `hold_id`."""
+        return Hold(
+            id=hold_id,
+            account_id=self.account_id,
+            request_id=self.request_id,
+            gateway_id=self.gateway_id,
+            model=self.model,
+            amount_nanos=self.amount_nanos,
+            recovery_charge_nanos=self.recovery_charge_nanos,
+            uses_credits=self.uses_credits,
+            buckets=tuple(sorted((c.key, c.bucket_start) for c in self.checks)),
+            state="open",
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            forwarded_at=self.created_at if self.forwarded else None,
+        )
+
+
+def first_settlement(
+    hold: Hold, state: str, charge: int, estimated: bool, balance: int | None, entry: str | None
+) -> Settlement:
+    """The result of resolving `hold` now (not a replay)."""
+    return Settlement(
+        hold_id=hold.id,
+        account_id=hold.account_id,
+        state=state,
+        charged_nanos=charge,
+        held_nanos=hold.amount_nanos,
+        overshoot_nanos=max(0, charge - hold.amount_nanos),
+        estimated=estimated,
+        balance_after_nanos=balance,
+        ledger_entry_id=entry,
+        replayed=False,
+    )
+
+
 class InsufficientFunds(Exception):
     def __init__(self, needed_nanos: int, available_nanos: int) -> None:
         super().__init__(f"needs {needed_nanos}, available {available_nanos}")
@@ -195,49 +248,22 @@ async def _lock_account_for_hold(
     raise InsufficientFunds(amount, int(current[0]))
 
 
-async def create_hold(
-    store: Store,
-    *,
-    account_id: str,
-    request_id: str,
-    amount_nanos: int,
-    recovery_charge_nanos: int,
-    uses_credits: bool,
-    gateway_id: str | None,
-    model: str | None,
-    created_at: datetime,
-    expires_at: datetime,
-    checks: Sequence[LimitCheck],
-    forwarded: bool = False,
-) -> Hold:
+async def create_hold(store: Store, new: NewHold) -> Hold:
     """Admit a hold, or raise `InsufficientFunds`, `LimitsRefused`, `RequestAlreadyHeld` or
-    `AccountMissing`, having changed nothing. `checks` must have distinct keys."""
-    refs = tuple(sorted((c.key, c.bucket_start) for c in checks))
-    hold = Hold(
-        id=new_id(),
-        account_id=account_id,
-        request_id=request_id,
-        gateway_id=gateway_id,
-        model=model,
-        amount_nanos=amount_nanos,
-        recovery_charge_nanos=recovery_charge_nanos,
-        uses_credits=uses_credits,
-        buckets=refs,
-        state="open",
-        created_at=created_at,
-        expires_at=expires_at,
-        forwarded_at=created_at if forwarded else None,
-    )
+    `AccountMissing`, having changed nothing."""
+    hold = new.hold(new_id())
+    refs = hold.buckets
     try:
         async with store.write() as conn:
-            await _lock_account_for_hold(conn, account_id, amount_nanos, uses_credits)
-            if checks:
-                await admit_limits(conn, checks, amount_nanos)
+            amount = new.amount_nanos
+            await _lock_account_for_hold(conn, new.account_id, amount, new.uses_credits)
+            if new.checks:
+                await admit_limits(conn, new.checks, amount)
             await conn.execute(holds.insert(), {**asdict(hold), "buckets": _encode(refs)})
             if refs:
-                await add_to_buckets(conn, store.dialect, refs, amount_nanos)
+                await add_to_buckets(conn, store.dialect, refs, amount)
     except IntegrityError:
-        existing = await get_hold_by_request(store, request_id)
+        existing = await get_hold_by_request(store, new.request_id)
         if existing is None:
             raise
         raise RequestAlreadyHeld(existing) from None
@@ -321,18 +347,7 @@ async def resolve_hold(
         if row.state == "open":
             raise ValueError(f"hold {hold.id} does not match the stored hold") from None
         return settlement_of(row, replayed=True)
-    return Settlement(
-        hold_id=hold.id,
-        account_id=hold.account_id,
-        state=state,
-        charged_nanos=charge,
-        held_nanos=hold.amount_nanos,
-        overshoot_nanos=max(0, charge - hold.amount_nanos),
-        estimated=estimated,
-        balance_after_nanos=balance,
-        ledger_entry_id=entry_id,
-        replayed=False,
-    )
+    return first_settlement(hold, state, charge, estimated, balance, entry_id)
 
 
 async def mark_forwarded(store: Store, hold_id: str, at: datetime) -> Hold:
@@ -367,6 +382,19 @@ async def extend_hold(store: Store, hold_id: str, expires_at: datetime) -> Hold:
     if row is None:
         raise HoldMissing(hold_id)
     return _hold(row)
+
+
+async def extend_holds(store: Store, hold_ids: Sequence[str], expires_at: datetime) -> int:
+    """Push the expiry of every still-open hold among `hold_ids`; returns how many."""
+    if not hold_ids:
+        return 0
+    async with store.write() as conn:
+        result = await conn.execute(
+            update(holds)
+            .where(holds.c.id.in_(list(hold_ids)), holds.c.state == "open")
+            .values(expires_at=expires_at)
+        )
+        return int(result.rowcount)
 
 
 async def get_hold(store: Store, hold_id: str) -> Hold | None:
@@ -413,6 +441,7 @@ class EntryRow:
     amount_nanos: int
     balance_after_nanos: int
     reference: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +477,7 @@ async def account_snapshot(
             .order_by(ledger_entries.c.seq)
         )
         entries = tuple(
-            EntryRow(r.id, r.kind, r.amount_nanos, r.balance_after_nanos, r.reference)
+            EntryRow(r.id, r.kind, r.amount_nanos, r.balance_after_nanos, r.reference, r.created_at)
             for r in entry_rows
         )
         hold_rows = list(await conn.execute(select(holds).where(holds.c.account_id == account_id)))

@@ -5,13 +5,15 @@
   `accounts.held_nanos` caches the sum of the account's open holds that draw on credits
   (`uses_credits`); a hold with `uses_credits` false only counts toward spending limits (BYOK with
   a known price). `buckets` is the JSON list of `[limit_key, bucket_start]` pairs the hold added
-  its amount to; a resolution corrects exactly those. `recovery_charge_nanos` is what the crash
-  recovery sweep charges if the hold was forwarded and never settled. The result of the
-  resolution (`charged_nanos`, `estimated`, `balance_after_nanos`, `ledger_entry_id`) is kept, so a
-  repeated settle returns the first result.
+  its amount to; a resolution corrects exactly those. (Maintenance empties it on an old resolved
+  hold it keeps while pruning its buckets: `tollgate.store.maintenance`.) `recovery_charge_nanos`
+  is what the crash recovery sweep charges if the hold was forwarded and never settled. The
+  result of the resolution (`charged_nanos`, `estimated`, `balance_after_nanos`,
+  `ledger_entry_id`) is kept, so a repeated settle returns the first result.
 - `spend_buckets`: spend counted toward a limit key, per bucket. `bucket_start` is in epoch
   seconds (UTC). A bucket's amount is the sum of its holds' current amounts: open ⇒ the held
-  amount, settled ⇒ the charge, released ⇒ 0.
+  amount, settled ⇒ the charge, released ⇒ 0 (over the holds that still name it, once
+  maintenance has pruned some: it only does so for buckets no limit can count any more).
 - `account_spending_limits`: the account's own spending limit (at most one per account).
 """
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from tollgate import money
 from tollgate.billing.payments import Charge, PaymentProviderError
+from tollgate.cache import RefreshingCache
 from tollgate.store import payments as repo
 from tollgate.store._util import new_id
 from tollgate.store.payments import AutoTopUpConfig, TopUpRecord
@@ -45,6 +45,13 @@ log = logging.getLogger("tollgate.billing.auto_topup")
 
 MAX_CONSECUTIVE_FAILURES = 3
 _MAX_CACHED = 100_000
+
+
+class _Unknown:
+    """Not cached yet (distinct from a cached `None`: no auto top-up configured)."""
+
+
+_UNKNOWN = _Unknown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +86,22 @@ class AutoTopUps:
         self.store = topups.store
         self.retry_backoff = retry_backoff
         self.stale_after = stale_after
-        self._config_ttl = config_ttl
-        self._configs: dict[str, tuple[float, AutoTopUpConfig | None]] = {}
+        # Read on every settle: single flight and refresh ahead, so a burst of settles makes
+        # one database read, not one per settle, when an entry is missing or expires.
+        self._configs: RefreshingCache[str, AutoTopUpConfig | None] = RefreshingCache(
+            lambda account: repo.get_auto_config(self.store, account),
+            ttl=config_ttl,
+            max_entries=_MAX_CACHED,
+        )
         self._tasks: set[asyncio.Task[AutoTopUpOutcome | None]] = set()
 
     def forget(self, account_id: str) -> None:
         """Drop the cached config (after this process changed it)."""
-        self._configs.pop(account_id, None)
+        self._configs.invalidate(account_id)
 
     def schedule(self, account_id: str, balance_after_nanos: int) -> None:
-        cached = self._configs.get(account_id)
-        if cached is not None and time.monotonic() - cached[0] < self._config_ttl:
-            config = cached[1]
+        config = self._configs.get_nowait(account_id, _UNKNOWN)
+        if not isinstance(config, _Unknown):
             if config is None or not config.enabled:
                 return
             above = balance_after_nanos >= money.from_cents(config.threshold_cents)
@@ -117,14 +128,7 @@ class AutoTopUps:
             return AutoTopUpOutcome("error", error=repr(exc))
 
     async def _config(self, account_id: str) -> AutoTopUpConfig | None:
-        cached = self._configs.get(account_id)
-        if cached is not None and time.monotonic() - cached[0] < self._config_ttl:
-            return cached[1]
-        config = await repo.get_auto_config(self.store, account_id)
-        if len(self._configs) >= _MAX_CACHED:  # bounded: entries are cheap to re-read
-            self._configs.clear()
-        self._configs[account_id] = (time.monotonic(), config)
-        return config
+        return await self._configs.get(account_id)
 
     async def _maybe(self, account_id: str, balance_after_nanos: int) -> AutoTopUpOutcome | None:
         config = await self._config(account_id)
