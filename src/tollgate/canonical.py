@@ -57,7 +57,12 @@ class Usage:
       and `cache_write_input_tokens` (cache writes). Uncached, unwritten input is
       `input_tokens - cached_input_tokens - cache_write_input_tokens`.
     - `output_tokens` is everything generated: it INCLUDES `reasoning_tokens`.
-    - A provider that does not report a breakdown leaves that field 0.
+    - `cache_write_1h_input_tokens` is the part of `cache_write_input_tokens` written with a
+      1-hour retention (Anthropic bills it above the 5-minute writes).
+    - Meters beside the tokens (Perplexity): `citation_tokens`, `search_queries` (searches the
+      model ran) and `search_context` (the request's search context size: low, medium, high),
+      which picks the per-request search fee.
+    - A provider that does not report a breakdown leaves that field 0 (or None).
 
     Each provider's `usage_from_response` documents how its own counts map onto this.
     """
@@ -67,6 +72,10 @@ class Usage:
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_input_tokens: int = 0
+    citation_tokens: int = 0
+    search_queries: int = 0
+    search_context: str | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 from importlib import resources
@@ -43,7 +44,7 @@ def raw_data() -> dict[str, Any]:
 
 
 def test_packaged_catalog_loads_and_is_versioned() -> None:
-    assert CATALOG.version == "2026-11-28"
+    assert CATALOG.version == "2026-11-29"
     assert CATALOG.markup_percent == 0
     assert len(CATALOG.models()) == len(raw_data()["models"])
 
@@ -212,6 +213,123 @@ def test_anthropic_cache_reads_and_writes_beside_input() -> None:
     # 100 x 3000 + 1000 x 300 + 2000 x 3750 + 50 x 15000
     expected = 300_000 + 300_000 + 7_500_000 + 750_000
     assert CATALOG.cost("anthropic", price("anthropic", "claude-sonnet-4-6"), usage) == expected
+
+
+def test_anthropic_one_hour_cache_writes_bill_at_their_own_price() -> None:
+    # claude-sonnet-4-6: $3 in, $3.75 5-minute write, $6 1-hour write, $0.30 read, $15 out.
+    usage = anthropic.usage_from_response(
+        {
+            "usage": {
+                "input_tokens": 100,
+                "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 2000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 500,
+                    "ephemeral_1h_input_tokens": 1500,
+                },
+                "output_tokens": 50,
+            }
+        }
+    )
+    assert (usage.cache_write_input_tokens, usage.cache_write_1h_input_tokens) == (2000, 1500)
+    sonnet = price("anthropic", "claude-sonnet-4-6")
+    assert sonnet.prices.cache_write_1h == 6000
+    # 100 x 3000 + 1000 x 300 + 500 x 3750 + 1500 x 6000 + 50 x 15000
+    expected = 300_000 + 300_000 + 1_875_000 + 9_000_000 + 750_000
+    assert CATALOG.cost("anthropic", sonnet, usage) == expected
+
+
+def test_a_one_hour_write_without_its_own_price_bills_at_the_write_price() -> None:
+    catalog = load_catalog(overrides={"anthropic/claude-sonnet-4-6": {"cache_write_1h": None}})
+    sonnet = price("anthropic", "claude-sonnet-4-6", catalog)
+    usage = Usage(3000, 0, cache_write_input_tokens=3000, cache_write_1h_input_tokens=1000)
+    assert catalog.cost("anthropic", sonnet, usage) == 3000 * 3750  # never below a 5m write
+    with pytest.raises(ValueError, match="inconsistent"):
+        catalog.cost("anthropic", sonnet, Usage(10, 0, 5, 1, cache_write_1h_input_tokens=2))
+
+
+@pytest.mark.parametrize(
+    ("model", "context", "fee"),
+    [
+        ("sonar", "low", 5_000_000),  # $5 per 1,000 requests = $0.005 = 5,000,000 nanos
+        ("sonar", "medium", 8_000_000),
+        ("sonar", "high", 12_000_000),
+        ("sonar-pro", "low", 6_000_000),
+        ("sonar-pro", "high", 14_000_000),
+        ("sonar-reasoning-pro", "medium", 10_000_000),
+        ("sonar", "enormous", 12_000_000),  # a size the table does not list: its highest fee
+        ("sonar", None, 0),  # no context reported nor requested: the meter supplies "low"
+    ],
+)
+def test_perplexity_request_fee_by_search_context(
+    model: str, context: str | None, fee: int
+) -> None:
+    usage = openai.usage_from_response(
+        {"usage": {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}}
+    )
+    usage = replace(usage, search_context=context)
+    sonar = price("perplexity-ai", model)
+    tokens = CATALOG.cost("perplexity-ai", sonar, replace(usage, search_context=None))
+    assert CATALOG.cost("perplexity-ai", sonar, usage) == tokens + fee
+
+
+def test_perplexity_deep_research_bills_citations_and_searches() -> None:
+    usage = openai.usage_from_response(
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 5000,
+                "total_tokens": 6000,
+                "citation_tokens": 3000,
+                "num_search_queries": 12,
+                "reasoning_tokens": 0,
+                "completion_tokens_details": {"reasoning_tokens": 2000},
+                "search_context_size": "high",
+            }
+        }
+    )
+    assert (usage.citation_tokens, usage.search_queries, usage.search_context) == (
+        3000,
+        12,
+        "high",
+    )
+    research = price("perplexity-ai", "sonar-deep-research")
+    # 1000 x $2/M + 3000 x $8/M + 2000 x $3/M (reasoning) + 3000 x $2/M (citations)
+    # + 12 x $5/1K (searches); no per-request fee on this model.
+    expected = 1000 * 2000 + 3000 * 8000 + 2000 * 3000 + 3000 * 2000 + 12 * 5_000_000
+    assert CATALOG.cost("perplexity-ai", research, usage) == expected
+
+
+def test_meters_a_model_has_no_price_for_are_not_billed() -> None:
+    # gpt-4o reports no citations or searches; if a provider did, they would not be charged.
+    usage = Usage(100, 10, citation_tokens=500, search_queries=3, search_context="high")
+    plain = Usage(100, 10)
+    gpt = price("openai", "gpt-4o")
+    assert CATALOG.cost("openai", gpt, usage) == CATALOG.cost("openai", gpt, plain)
+
+
+def test_fees_are_marked_up_exactly_and_shown_in_usd_per_thousand() -> None:
+    marked = load_catalog(markup_percent="10")
+    sonar = price("perplexity-ai", "sonar", marked)
+    usage = Usage(0, 0, search_context="medium")
+    assert marked.cost("perplexity-ai", sonar, usage) == 8_800_000  # $8.80 per 1,000
+    shown = price("perplexity-ai", "sonar").to_public()["pricing"]
+    assert shown["request_fee_per_1k"] == {"low": 5.0, "medium": 8.0, "high": 12.0}
+    research = price("perplexity-ai", "sonar-deep-research").to_public()["pricing"]
+    assert (research["citation"], research["search_queries_per_1k"]) == (2.0, 5.0)
+    assert "request_fee_per_1k" not in price("openai", "gpt-4o").to_public()["pricing"]
+
+
+def test_an_override_can_remove_or_change_a_fee() -> None:
+    catalog = load_catalog(
+        overrides={
+            "perplexity-ai/sonar": {"request_fee_per_1k": None},
+            "perplexity-ai/sonar-pro": {"request_fee_per_1k": {"low": "1.00"}},
+        }
+    )
+    assert not price("perplexity-ai", "sonar", catalog).has_request_fee
+    pro = price("perplexity-ai", "sonar-pro", catalog)
+    assert catalog.cost("perplexity-ai", pro, Usage(0, 0, search_context="low")) == 1_000_000
 
 
 def test_gemini_thoughts_billed_as_output() -> None:
@@ -428,6 +546,13 @@ def broken(change: dict[str, Any], model_id: str = "openai/gpt-4o") -> dict[str,
         ({"tiers": [{"above_input_tokens": 10, "input": "1.00"}]}, "tiers[0].input", "cheaper"),
         ({"tiers": [{"above_input_tokens": -5}]}, "tiers[0].above_input_tokens", "integer"),
         ({"tiers": [{"above_input_tokens": 5, "inptu": "9"}]}, "tiers[0].inptu", "unknown"),
+        ({"request_fee_per_1k": "5.00"}, "request_fee_per_1k", "object"),
+        ({"request_fee_per_1k": {}}, "request_fee_per_1k", "object"),
+        ({"request_fee_per_1k": {"huge": "9"}}, "request_fee_per_1k.huge", "unknown search"),
+        ({"request_fee_per_1k": {"low": "-5"}}, "request_fee_per_1k.low", "negative"),
+        ({"request_fee_per_1k": {"low": 5}}, "request_fee_per_1k.low", "decimal string"),
+        ({"search_queries_per_1k": "five"}, "search_queries_per_1k", "not a decimal"),
+        ({"citation": "-2"}, "citation", "negative"),
     ],
 )
 def test_malformed_data_names_model_and_field(

@@ -136,6 +136,111 @@ def test_streamed_cache_usage_is_in_message_start(claude: anthropic.Anthropic) -
     assert final.usage.input_tokens == prompt - prompt // 2
 
 
+LONG = "y" * 4096  # 1024 + 4 = 1028 prompt tokens
+
+
+@pytest.mark.parametrize(
+    ("controls", "total", "one_hour"),
+    [
+        # cache-write-tokens is the TOTAL; cache-write-1h-tokens how many of them were 1-hour.
+        ({"cache-write-tokens": "1000", "cache-write-1h-tokens": "600"}, 1000, 600),
+        # Without the 1h control every write is a 5-minute write (the behaviour before it).
+        ({"cache-write-tokens": "1000"}, 1000, 0),
+        # Alone, the 1h control is the total too.
+        ({"cache-write-1h-tokens": "300"}, 300, 300),
+        # The 1h part is capped at the total...
+        ({"cache-write-tokens": "100", "cache-write-1h-tokens": "500"}, 100, 100),
+        # ...and the total at the prompt.
+        ({"cache-write-tokens": "5000", "cache-write-1h-tokens": "2000"}, 1028, 1028),
+        ({"cache-write-1h-tokens": "0"}, 0, 0),
+    ],
+)
+def test_cache_writes_split_into_5m_and_1h(
+    claude: anthropic.Anthropic, controls: dict[str, str], total: int, one_hour: int
+) -> None:
+    message = claude.messages.create(
+        model=MODEL,
+        max_tokens=100,
+        messages=user(LONG),
+        extra_headers={f"x-sim-{name}": value for name, value in controls.items()},
+    )
+    usage = message.usage
+    assert usage.cache_creation_input_tokens == total
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_1h_input_tokens == one_hour
+    assert usage.cache_creation.ephemeral_5m_input_tokens == total - one_hour
+    assert usage.cache_read_input_tokens == 0
+    assert usage.input_tokens == 1028 - total  # EXCLUDES the writes, whatever their TTL
+
+
+def test_cache_write_split_beside_cache_reads(claude: anthropic.Anthropic) -> None:
+    message = claude.messages.create(
+        model=MODEL + "~cache-write-tokens=400~cache-write-1h-tokens=150",
+        max_tokens=100,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}],
+            }
+        ],
+    )
+    usage = message.usage
+    assert usage.cache_read_input_tokens == 514
+    assert usage.cache_creation_input_tokens == 400
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 250
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 150
+    assert usage.input_tokens == 1028 - 514 - 400
+    assert message.model == MODEL
+
+
+def test_streamed_cache_write_split_is_in_message_start(claude: anthropic.Anthropic) -> None:
+    # The directive survives a translating gateway; it adds its own characters to the prompt.
+    prompt = LONG + " [sim cache-write-tokens=1000 cache-write-1h-tokens=700]"
+    prompt_tokens = tokens(prompt) + 4
+    events = list(
+        claude.messages.create(model=MODEL, max_tokens=100, messages=user(prompt), stream=True)
+    )
+    start, delta = events[0], events[-2]
+    assert start.type == "message_start" and delta.type == "message_delta"
+    usage = start.message.usage
+    assert usage.cache_creation_input_tokens == 1000
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 700
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 300
+    assert usage.input_tokens == prompt_tokens - 1000
+    assert delta.usage.cache_creation_input_tokens is None  # the delta carries output only
+
+    with claude.messages.stream(
+        model=MODEL,
+        max_tokens=100,
+        messages=user(prompt),
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.usage.cache_creation_input_tokens == 1000
+    assert final.usage.cache_creation is not None
+    assert final.usage.cache_creation.ephemeral_1h_input_tokens == 700
+    assert final.usage.cache_creation.ephemeral_5m_input_tokens == 300
+    assert final.usage.input_tokens == prompt_tokens - 1000
+
+
+def test_cache_write_split_on_the_wire(http: httpx.Client) -> None:
+    headers = {
+        "x-api-key": "k",
+        "anthropic-version": "2023-06-01",
+        "x-sim-cache-write-tokens": "900",
+        "x-sim-cache-write-1h-tokens": "900",
+    }
+    body = {"model": MODEL, "max_tokens": 10, "messages": user(LONG)}
+    usage = http.post("/anthropic/v1/messages", headers=headers, json=body).json()["usage"]
+    assert usage["input_tokens"] == 128
+    assert usage["cache_creation_input_tokens"] == 900
+    assert usage["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": 900,
+    }
+
+
 def test_max_tokens_truncates_with_stop_reason_max_tokens(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(model=MODEL, max_tokens=2, messages=user(PROMPT))
     assert message.stop_reason == "max_tokens"

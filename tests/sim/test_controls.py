@@ -285,3 +285,75 @@ def test_prompt_directive_in_responses_input_and_gemini_contents(
     )
     assert generated.usage_metadata is not None
     assert generated.usage_metadata.candidates_token_count == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("cache-write-1h-tokens", "-1", "x-sim-cache-write-1h-tokens must be a non-negative"),
+        ("cache-write-1h-tokens", "an hour", "x-sim-cache-write-1h-tokens must be a non-negative"),
+        ("citation-tokens", "-5", "x-sim-citation-tokens must be a non-negative integer"),
+        ("search-queries", "-2", "x-sim-search-queries must be a non-negative integer"),
+        ("search-queries", "1.5", "x-sim-search-queries must be a non-negative integer"),
+        ("search-context", "huge", "x-sim-search-context must be one of low, medium, high"),
+        ("search-context", "3", "x-sim-search-context must be one of low, medium, high"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("path", "headers", "body"),
+    [
+        ("/openai/v1/chat/completions", OPENAI_AUTH, {"model": "sonar", "messages": user("x")}),
+        (
+            "/anthropic/v1/messages",
+            ANTHROPIC_AUTH,
+            {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": user("x")},
+        ),
+    ],
+)
+def test_invalid_new_control_values_are_provider_shaped_400s(
+    http: httpx.Client,
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, object],
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    response = http.post(path, headers={**headers, f"x-sim-{name}": value}, json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith(message)
+
+
+def test_invalid_new_control_values_in_a_suffix_or_a_directive(
+    oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    with pytest.raises(openai.BadRequestError, match="x-sim-search-context must be one of"):
+        oai.chat.completions.create(model="sonar~search-context=max", messages=user("x"))
+    with pytest.raises(openai.BadRequestError, match="x-sim-citation-tokens must be"):
+        oai.chat.completions.create(model="sonar", messages=user("x [sim citation-tokens=-3]"))
+    with pytest.raises(anthropic.BadRequestError, match="x-sim-cache-write-1h-tokens must be"):
+        claude.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=10,
+            messages=user("x [sim cache-write-1h-tokens=-1]"),  # type: ignore[arg-type]
+        )
+
+
+def test_search_context_control_is_case_insensitive(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model="sonar", messages=user("x"), extra_headers={"x-sim-search-context": "High"}
+    )
+    assert completion.usage is not None
+    assert completion.usage.model_extra == {"search_context_size": "high"}
+
+
+def test_cache_write_1h_alone_is_the_total_on_the_responses_api(http: httpx.Client) -> None:
+    response = http.post(
+        "/openai/v1/responses",
+        headers={**OPENAI_AUTH, "x-sim-cache-write-1h-tokens": "5"},
+        json={"model": "gpt-4.1", "input": "Say hello to the simulator"},
+    )
+    details = response.json()["usage"]["input_tokens_details"]
+    assert details["cache_write_tokens"] == 5

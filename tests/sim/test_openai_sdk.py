@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -454,3 +455,156 @@ def test_groq_style_vendor_uses_the_same_base(sim) -> None:  # type: ignore[no-u
         completion.choices[0].message.content
         == "This is a simulated reply from llama-3.3-70b to: hi"
     )
+
+
+# Perplexity's usage extras (served by the OpenAI chat API).
+PLAIN_USAGE_KEYS = {
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+}
+
+
+@pytest.fixture
+def pplx(sim) -> Iterator[openai.OpenAI]:  # type: ignore[no-untyped-def]
+    with openai.OpenAI(
+        base_url=sim.urls["perplexity-ai"], api_key="pplx-sim", max_retries=0
+    ) as client:
+        yield client
+
+
+def test_usage_has_no_perplexity_fields_unless_asked(http: httpx.Client) -> None:
+    body = {"model": "sonar", "messages": user(PROMPT)}
+    response = http.post(
+        "/openai/v1/chat/completions", headers={"authorization": "Bearer k"}, json=body
+    )
+    assert set(response.json()["usage"]) == PLAIN_USAGE_KEYS
+
+
+def test_perplexity_usage_fields_from_controls(pplx: openai.OpenAI) -> None:
+    plain = pplx.chat.completions.create(model="sonar-pro", messages=user(PROMPT))
+    assert plain.usage is not None and plain.usage.model_extra == {}
+
+    completion = pplx.chat.completions.create(
+        model="sonar-pro",
+        messages=user(PROMPT),
+        extra_headers={
+            "x-sim-search-context": "high",
+            "x-sim-citation-tokens": "1234",
+            "x-sim-search-queries": "3",
+        },
+    )
+    usage = completion.usage
+    assert usage is not None
+    assert usage.model_extra == {
+        "search_context_size": "high",
+        "citation_tokens": 1234,
+        "num_search_queries": 3,
+    }
+    # Citation tokens are beside the prompt: the token counts are the plain request's.
+    assert usage.prompt_tokens == plain.usage.prompt_tokens == 11
+    assert usage.completion_tokens == plain.usage.completion_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_only_the_asked_perplexity_fields_appear(pplx: openai.OpenAI) -> None:
+    queries = pplx.chat.completions.create(model="sonar~search-queries=0", messages=user(PROMPT))
+    assert queries.usage is not None and queries.usage.model_extra == {"num_search_queries": 0}
+    citations = pplx.chat.completions.create(
+        model="sonar", messages=user("cite [sim citation-tokens=77]")
+    )
+    assert citations.usage is not None
+    assert citations.usage.model_extra == {"citation_tokens": 77}
+
+
+def test_web_search_options_context_size_is_echoed(pplx: openai.OpenAI) -> None:
+    echoed = pplx.chat.completions.create(
+        model="sonar",
+        messages=user(PROMPT),
+        extra_body={"web_search_options": {"search_context_size": "medium"}},
+    )
+    assert echoed.usage is not None
+    assert echoed.usage.model_extra == {"search_context_size": "medium"}
+
+    overridden = pplx.chat.completions.create(
+        model="sonar",
+        messages=user(PROMPT),
+        extra_body={"web_search_options": {"search_context_size": "medium"}},
+        extra_headers={"x-sim-search-context": "low", "x-sim-citation-tokens": "5"},
+    )
+    assert overridden.usage is not None
+    assert overridden.usage.model_extra == {"search_context_size": "low", "citation_tokens": 5}
+
+    # web_search_options without a size: nothing to echo.
+    no_size = pplx.chat.completions.create(
+        model="sonar",
+        messages=user(PROMPT),
+        extra_body={"web_search_options": {"user_location": {"country": "FR"}}},
+    )
+    assert no_size.usage is not None and no_size.usage.model_extra == {}
+
+
+def test_streamed_perplexity_usage_is_in_the_final_chunk(pplx: openai.OpenAI) -> None:
+    chunks = list(
+        pplx.chat.completions.create(
+            model="sonar",
+            messages=user(PROMPT),
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"web_search_options": {"search_context_size": "high"}},
+            extra_headers={"x-sim-citation-tokens": "40", "x-sim-search-queries": "2"},
+        )
+    )
+    assert all(c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.prompt_tokens == 11
+    assert last.usage.model_extra == {
+        "search_context_size": "high",
+        "citation_tokens": 40,
+        "num_search_queries": 2,
+    }
+
+
+def test_streamed_usage_without_perplexity_fields_is_unchanged(http: httpx.Client) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": user(PROMPT),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    response = http.post(
+        "/openai/v1/chat/completions", headers={"authorization": "Bearer k"}, json=body
+    )
+    frames = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+    assert set(json.loads(frames[-1])["usage"]) == PLAIN_USAGE_KEYS
+
+    # Without include_usage the stream still has no usage at all, controls or not.
+    body = {"model": "sonar", "messages": user(PROMPT), "stream": True}
+    response = http.post(
+        "/openai/v1/chat/completions",
+        headers={"authorization": "Bearer k", "x-sim-citation-tokens": "9"},
+        json=body,
+    )
+    assert '"usage"' not in response.text
+
+
+def test_invalid_web_search_context_size_is_a_400(pplx: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        pplx.chat.completions.create(
+            model="sonar",
+            messages=user(PROMPT),
+            extra_body={"web_search_options": {"search_context_size": "huge"}},
+        )
+    assert caught.value.code == "invalid_value"
+    assert caught.value.param == "web_search_options.search_context_size"
+    assert "'huge'" in caught.value.message
+
+
+def test_responses_api_ignores_perplexity_controls(oai: openai.OpenAI) -> None:
+    response = oai.responses.create(
+        model="gpt-4.1", input=PROMPT, extra_headers={"x-sim-citation-tokens": "10"}
+    )
+    assert response.usage is not None and response.usage.model_extra == {}

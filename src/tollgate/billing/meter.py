@@ -67,6 +67,9 @@ class Admission:
     prompt_estimate: int
     capped_tokens: int | None  # the output cap the gateway imposed, if it had to
     uses_credits: bool
+    # The search context the request pays a fee for (models with per-request search fees):
+    # the request's, else "low" (Perplexity's default); a response that reports one wins.
+    search_context: str | None = None
 
     @property
     def metered(self) -> bool:
@@ -142,7 +145,10 @@ class Meter:
         )
         if not unified and not limits:
             return NOT_METERED
-        prompt = estimate_prompt_tokens(body)
+        prompt = Usage(
+            estimate_prompt_tokens(body),
+            search_context=(facts.search_context or "low") if price.has_request_fee else None,
+        )
         output = 0 if facts.kind == "embeddings" else facts.max_output_tokens
         capped = None
         try:
@@ -153,21 +159,32 @@ class Meter:
                 raise
             hold = await self._hold(account_id, gateway, price, prompt, capped, limits, unified)
         self._in_flight[hold.id] = hold
-        return Admission(hold, price, price.provider, prompt, capped, unified)
+        return Admission(
+            hold,
+            price,
+            price.provider,
+            prompt.input_tokens,
+            capped,
+            unified,
+            prompt.search_context,
+        )
 
     async def _hold(
         self,
         account_id: str,
         gateway: GatewayRecord,
         price: ModelPrice,
-        prompt: int,
+        prompt: Usage,
         output: int | None,
         limits: list[Any],
         unified: bool,
     ) -> Hold:
+        """`prompt`: the prompt estimate (and the search context it pays a fee for)."""
         out = price.max_output_tokens if output is None else output
-        upper = self.catalog.cost(price.provider, price, Usage(prompt, out))
-        recovery = self.catalog.cost(price.provider, price, Usage(prompt, 0))
+        upper = self.catalog.cost(
+            price.provider, price, dataclasses.replace(prompt, output_tokens=out)
+        )
+        recovery = self.catalog.cost(price.provider, price, prompt)
         return await self.ledger.hold(
             account_id,
             f"req_{ordered_id()}",
@@ -184,10 +201,10 @@ class Meter:
         )
 
     def _affordable_output(
-        self, price: ModelPrice, prompt: int, short: InsufficientBalance
+        self, price: ModelPrice, prompt: Usage, short: InsufficientBalance
     ) -> int | None:
         """The largest output cap the available credits cover, or None below a useful one."""
-        prompt_cost = self.catalog.cost(price.provider, price, Usage(prompt, 0))
+        prompt_cost = self.catalog.cost(price.provider, price, prompt)
         per_token = self.catalog.cost(price.provider, price, Usage(0, 1_000_000))
         room = short.available_nanos - prompt_cost
         if per_token <= 0 or room <= 0:
@@ -216,13 +233,14 @@ class Meter:
             usage = Usage(admission.prompt_estimate, output)
         elif not complete and usage.output_tokens < output:
             usage = dataclasses.replace(usage, output_tokens=output)
+        if usage.search_context is None and admission.search_context is not None:
+            usage = dataclasses.replace(usage, search_context=admission.search_context)
         cost = self.catalog.cost(admission.provider, admission.price, usage)
         settlement = await self.ledger.settle(
             admission.hold,
             cost,
             estimated=estimated,
-            note=f"{admission.price.id}: {usage.input_tokens} in, {usage.output_tokens} out"
-            + (" (estimated)" if estimated else ""),
+            note=_note(admission.price, usage, estimated),
         )
         balance = settlement.balance_after_nanos
         if self.on_settled is not None and balance is not None and not settlement.replayed:
@@ -258,3 +276,15 @@ class Meter:
                 await self.keep_alive()
             except Exception:  # the database may be down for a moment: the next round retries
                 log.exception("extending the holds of requests in flight failed")
+
+
+def _note(price: ModelPrice, usage: Usage, estimated: bool) -> str:
+    """The usage entry's note: what was billed, in the units the price list uses."""
+    parts = [f"{usage.input_tokens} in", f"{usage.output_tokens} out"]
+    if usage.citation_tokens:
+        parts.append(f"{usage.citation_tokens} citation")
+    if usage.search_queries:
+        parts.append(f"{usage.search_queries} searches")
+    if usage.search_context is not None and price.has_request_fee:
+        parts.append(f"search context {usage.search_context}")
+    return f"{price.id}: {', '.join(parts)}" + (" (estimated)" if estimated else "")

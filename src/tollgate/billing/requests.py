@@ -32,6 +32,8 @@ class RequestFacts:
     max_output_tokens: int | None  # what the client set; None = the model's maximum
     stream: bool
     wants_usage_chunk: bool  # OpenAI chat streams: the client asked for the usage chunk
+    # Perplexity: `web_search_options.search_context_size`, which picks the per-request fee.
+    search_context: str | None = None
 
 
 def native_facts(wire: WireFormat, path: str, body: dict[str, Any] | None) -> RequestFacts:
@@ -79,7 +81,9 @@ def _facts(kind: Kind, model: object, cap: object, body: dict[str, Any]) -> Requ
     stream = body.get("stream") is True
     options = body.get("stream_options")
     wants = isinstance(options, dict) and options.get("include_usage") is True
-    return RequestFacts(kind, _text(model), _positive(cap), stream, stream and wants)
+    search = body.get("web_search_options")
+    context = _text(search.get("search_context_size")) if isinstance(search, dict) else None
+    return RequestFacts(kind, _text(model), _positive(cap), stream, stream and wants, context)
 
 
 def _text(value: object) -> str | None:

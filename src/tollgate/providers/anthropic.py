@@ -30,6 +30,8 @@ Billing semantics (`usage_from_response`):
 
 - `input_tokens` EXCLUDES cache reads and writes: `cache_read_input_tokens` and
   `cache_creation_input_tokens` are reported BESIDE it. Canonical input is the sum of all three.
+  `cache_creation.ephemeral_1h_input_tokens` says how many of the writes kept a 1-hour
+  retention (billed above the 5-minute ones).
 - `output_tokens` INCLUDES thinking; `output_tokens_details.thinking_tokens` (when present)
   says how much of it was thinking.
 - Streaming: `message_start` carries the input side (and a token or two of output);
@@ -125,12 +127,15 @@ def usage_from_response(response: Mapping[str, Any]) -> Usage:
     read = int_field(usage, "cache_read_input_tokens")
     write = int_field(usage, "cache_creation_input_tokens")
     thinking = int_field(usage.get("output_tokens_details") or {}, "thinking_tokens")
+    # The 1-hour writes are part of `cache_creation_input_tokens` (the breakdown says which).
+    written_1h = int_field(usage.get("cache_creation") or {}, "ephemeral_1h_input_tokens")
     return Usage(
         input_tokens=int_field(usage, "input_tokens") + read + write,
         output_tokens=int_field(usage, "output_tokens"),
         cached_input_tokens=read,
         cache_write_input_tokens=write,
         reasoning_tokens=thinking,
+        cache_write_1h_input_tokens=min(written_1h, write),
     )
 
 

@@ -25,6 +25,9 @@ Billing semantics (`usage_from_response`):
 - `completion_tokens` INCLUDES `completion_tokens_details.reasoning_tokens`. Exception: some
   compatible vendors (xAI) report reasoning BESIDE completion tokens; that is detected when
   `total_tokens == prompt + completion + reasoning`, and reasoning is then added to output.
+- Perplexity adds meters beside the tokens: `citation_tokens`, `num_search_queries` and
+  `search_context_size` (the search context the request paid for); they map onto the Usage
+  fields of the same meaning.
 - Streams report usage only when asked (`stream_options: {"include_usage": true}`, which this
   adapter always sends), in the last chunk before `[DONE]`.
 """
@@ -106,6 +109,7 @@ def usage_from_response(response: Mapping[str, Any]) -> Usage:
     output = completion
     if reasoning and int_field(usage, "total_tokens") == prompt + completion + reasoning:
         output = completion + reasoning  # reasoning reported beside completion (xAI)
+    context = usage.get("search_context_size")
     return Usage(
         input_tokens=prompt,
         output_tokens=output,
@@ -113,6 +117,10 @@ def usage_from_response(response: Mapping[str, Any]) -> Usage:
         # GPT-5.6 and later bill cache writes; like cache reads they are INSIDE prompt_tokens.
         cache_write_input_tokens=int_field(prompt_details, "cache_write_tokens"),
         reasoning_tokens=reasoning,
+        # Perplexity's meters beside the tokens (absent from every other OpenAI-wire provider).
+        citation_tokens=int_field(usage, "citation_tokens"),
+        search_queries=int_field(usage, "num_search_queries"),
+        search_context=context if isinstance(context, str) else None,
     )
 
 

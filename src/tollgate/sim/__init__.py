@@ -42,9 +42,16 @@ Usage, per provider (each module's docstring has the details):
   ``reasoning_tokens`` (32 by default for ``o1``/``o3``/``o4-mini``/``gpt-5*``); stream usage only
   in a final ``choices: []`` chunk when ``stream_options.include_usage`` is true. The Responses API
   reports the same way in ``input_tokens`` / ``output_tokens`` on the final response.
+- Perplexity (served by the OpenAI chat API): ``usage`` gains top-level ``search_context_size``,
+  ``citation_tokens`` and ``num_search_queries``, each only when asked for (the controls below, or
+  ``web_search_options.search_context_size`` in the request, echoed); ``citation_tokens`` are
+  beside ``prompt_tokens``, not in ``total_tokens``. Without them the usage is plain OpenAI.
+  Chat Completions only: the Responses, Anthropic and Gemini APIs ignore these controls.
 - Anthropic: ``input_tokens`` EXCLUDES ``cache_read_input_tokens`` and
-  ``cache_creation_input_tokens`` (beside it); ``message_start`` has the input usage and
-  ``output_tokens: 1``, ``message_delta`` the cumulative ``output_tokens``.
+  ``cache_creation_input_tokens`` (beside it); ``cache_creation_input_tokens`` is the total
+  written, split in ``cache_creation`` into ``ephemeral_5m_input_tokens`` +
+  ``ephemeral_1h_input_tokens``; ``message_start`` has the input usage and ``output_tokens: 1``,
+  ``message_delta`` the cumulative ``output_tokens``.
 - Gemini: ``promptTokenCount`` INCLUDES ``cachedContentTokenCount``; ``thoughtsTokenCount``
   (32 by default for 2.5 / 3 models) is BESIDE ``candidatesTokenCount``;
   ``totalTokenCount`` is their sum; every stream chunk carries the cumulative usage.
@@ -52,7 +59,9 @@ Usage, per provider (each module's docstring has the details):
   when the request has a ``cache_control`` marker).
 
 Controls (``controls.py``) — header ``x-sim-NAME: value``, model suffix ``model~NAME=value``, or
-prompt directive ``[sim NAME=value ...]``, in that order of precedence; values are integers:
+prompt directive ``[sim NAME=value ...]``, in that order of precedence; values are non-negative
+integers except ``search-context``. An invalid value is a 400 in the provider's error shape whose
+message names the ``x-sim-NAME`` (e.g. "x-sim-citation-tokens must be a non-negative integer"):
 
 =====================  ==========================================================================
 ``x-sim-latency-ms``    wait this long before answering (before the response headers)
@@ -68,9 +77,18 @@ prompt directive ``[sim NAME=value ...]``, in that order of precedence; values a
 ``x-sim-chunks``        stream the text (and tool arguments) in N pieces (default: one per word;
                         tool arguments in 3 pieces)
 ``x-sim-cached-tokens`` report N cached prompt tokens (capped at the prompt)
-``x-sim-cache-write-tokens`` report N cache-write tokens (Anthropic ``cache_creation_input_tokens``,
-                        OpenAI Responses ``cache_write_tokens``)
+``x-sim-cache-write-tokens`` report N cache-write tokens IN TOTAL (Anthropic
+                        ``cache_creation_input_tokens``, OpenAI Responses ``cache_write_tokens``);
+                        capped at the prompt tokens not read from the cache
+``x-sim-cache-write-1h-tokens`` of the cache writes, N were 1-hour writes (Anthropic
+                        ``cache_creation.ephemeral_1h_input_tokens``; the rest are
+                        ``ephemeral_5m_input_tokens``); capped at the total; given without
+                        ``x-sim-cache-write-tokens`` it is the total as well (all writes 1-hour)
 ``x-sim-reasoning-tokens`` reasoning/thinking tokens for reasoning models (default 32)
+``x-sim-search-context`` ``low``, ``medium`` or ``high``: OpenAI chat ``usage.search_context_size``
+                        (Perplexity); wins over the request's ``web_search_options``
+``x-sim-citation-tokens`` OpenAI chat ``usage.citation_tokens`` = N (Perplexity)
+``x-sim-search-queries`` OpenAI chat ``usage.num_search_queries`` = N (Perplexity)
 =====================  ==========================================================================
 
 Malformed JSON is a 400 and unknown routes a 404, both in the provider's error shape. Every answer

@@ -23,12 +23,16 @@ Usage semantics (what the gateway must bill):
 - ``input_tokens`` EXCLUDES cache reads and writes: ``cache_read_input_tokens`` and
   ``cache_creation_input_tokens`` are reported BESIDE it, so the prompt is the sum of the three.
   Cache reads happen (by the engine's rule) only when the request carries a ``cache_control``
-  marker; cache writes only through ``x-sim-cache-write-tokens``.
+  marker; cache writes only through ``x-sim-cache-write-tokens`` / ``x-sim-cache-write-1h-tokens``.
+- ``cache_creation_input_tokens`` is the TOTAL written; ``cache_creation`` splits it by TTL:
+  ``ephemeral_1h_input_tokens`` (``x-sim-cache-write-1h-tokens``, capped at the total) plus
+  ``ephemeral_5m_input_tokens`` (the rest), so the two always sum to the total. Given alone,
+  ``x-sim-cache-write-1h-tokens`` is the total too (every write is a 1-hour write).
 - ``output_tokens`` includes thinking tokens (there is no separate count).
-- Streaming: ``message_start`` carries the input usage (all three input fields) and
-  ``output_tokens: 1``; ``message_delta`` carries the final CUMULATIVE ``output_tokens`` only
-  (as in Anthropic's documented example), so the input side must be remembered from
-  ``message_start``.
+- Streaming: ``message_start`` carries the input usage (all three input fields and the
+  ``cache_creation`` split) and ``output_tokens: 1``; ``message_delta`` carries the final
+  CUMULATIVE ``output_tokens`` only (as in Anthropic's documented example; its usage type has no
+  ``cache_creation`` split anyway), so the input side must be remembered from ``message_start``.
 """
 
 from __future__ import annotations
@@ -256,14 +260,15 @@ def _tool_choice(choice: Any) -> str:
 
 
 def anthropic_usage(usage: Usage, *, output_tokens: int | None = None) -> JsonObject:
-    """Messages usage: cache reads and writes BESIDE ``input_tokens``, thinking inside output."""
+    """Messages usage: cache reads and writes BESIDE ``input_tokens``, thinking inside output;
+    ``cache_creation`` splits the writes (``cache_creation_input_tokens``) into 5m + 1h."""
     return {
         "input_tokens": usage.uncached_prompt_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "cache_creation": {
-            "ephemeral_5m_input_tokens": usage.cache_write_tokens,
-            "ephemeral_1h_input_tokens": 0,
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
         },
         "output_tokens": (
             usage.output_tokens + usage.reasoning_tokens if output_tokens is None else output_tokens

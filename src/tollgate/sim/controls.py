@@ -9,7 +9,10 @@ A control can be given three ways; the first one found wins:
 3. a directive in the last user message, ``[sim {name}={value} ...]``
    (``"hello [sim output-tokens=5 chunks=2]"``), handy through translating gateways.
 
-The names are listed in ``CONTROL_NAMES`` and documented in the package docstring.
+The names are listed in ``CONTROL_NAMES`` and documented in the package docstring. Every value
+is a non-negative integer except ``search-context`` (``low``, ``medium`` or ``high``); an invalid
+value raises ``InvalidControl``, which the endpoint answers with a 400 in the provider's error
+shape naming the ``x-sim-{name}`` at fault.
 """
 
 from __future__ import annotations
@@ -28,21 +31,33 @@ CONTROL_NAMES = (
     "chunks",
     "cached-tokens",
     "cache-write-tokens",
+    "cache-write-1h-tokens",
     "reasoning-tokens",
     "retry-after",
+    "search-context",
+    "citation-tokens",
+    "search-queries",
 )
+# The values of ``search-context`` (Perplexity's ``search_context_size``).
+SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
 HEADER_PREFIX = "x-sim-"
-_DIRECTIVE = re.compile(r"\[sim((?:\s+[a-z-]+=[^\s\]]+)+)\s*\]")
+_DIRECTIVE = re.compile(r"\[sim((?:\s+[a-z0-9-]+=[^\s\]]+)+)\s*\]")
 _MAX_DELAY_MS = 600_000
 
 
 class InvalidControl(ValueError):
-    """A control value that is not a non-negative integer (rendered as a 400 by the provider)."""
+    """A control value of the wrong kind: not a non-negative integer, or (``search-context``)
+    not one of ``SEARCH_CONTEXT_SIZES``. Rendered as a 400 by the provider."""
 
 
 @dataclass(frozen=True)
 class Controls:
-    """The parsed controls of one request. ``None`` means "not set, use the default rule"."""
+    """The parsed controls of one request. ``None`` means "not set, use the default rule".
+
+    ``cache_write_tokens`` is the TOTAL of cache writes asked for and ``cache_write_1h_tokens``
+    how many of them were 1-hour writes; the engine resolves the two (``engine._prompt_usage``).
+    ``search_context``, ``citation_tokens`` and ``search_queries`` are Perplexity's usage extras,
+    reported by the Chat Completions API only."""
 
     latency_ms: int = 0
     chunk_delay_ms: int = 0
@@ -53,8 +68,12 @@ class Controls:
     chunks: int | None = None
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     retry_after: int = 1
+    search_context: str | None = None
+    citation_tokens: int | None = None
+    search_queries: int | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -88,7 +107,12 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         value = headers.get(HEADER_PREFIX + name)
         if value is not None:
             raw[name] = value
-    values = {name: _non_negative_int(name, value) for name, value in raw.items()}
+    search_context = _search_context(raw["search-context"]) if "search-context" in raw else None
+    values = {
+        name: _non_negative_int(name, value)
+        for name, value in raw.items()
+        if name != "search-context"
+    }
     return Controls(
         latency_ms=min(values.get("latency-ms", 0), _MAX_DELAY_MS),
         chunk_delay_ms=min(values.get("chunk-delay-ms", 0), _MAX_DELAY_MS),
@@ -99,8 +123,12 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         chunks=values.get("chunks") or None,
         cached_tokens=values.get("cached-tokens"),
         cache_write_tokens=values.get("cache-write-tokens"),
+        cache_write_1h_tokens=values.get("cache-write-1h-tokens"),
         reasoning_tokens=values.get("reasoning-tokens"),
         retry_after=values.get("retry-after", 1),
+        search_context=search_context,
+        citation_tokens=values.get("citation-tokens"),
+        search_queries=values.get("search-queries"),
         sources=raw,
     )
 
@@ -115,3 +143,13 @@ def _non_negative_int(name: str, value: str) -> int:
     if name == "error" and not 400 <= number <= 599:
         raise InvalidControl(f"{HEADER_PREFIX}error must be an HTTP error status (400-599)")
     return number
+
+
+def _search_context(value: str) -> str:
+    size = value.strip().lower()
+    if size not in SEARCH_CONTEXT_SIZES:
+        raise InvalidControl(
+            f"{HEADER_PREFIX}search-context must be one of {', '.join(SEARCH_CONTEXT_SIZES)}"
+            f" (got {value!r})"
+        )
+    return size

@@ -11,7 +11,11 @@ The rules (all deterministic):
 - **Caching.** Cached prompt tokens are ``x-sim-cached-tokens`` when given, otherwise half the
   prompt (rounded down) when the prompt has at least ``CACHE_MIN_PROMPT_TOKENS`` tokens and the
   request is cache-eligible (always for OpenAI and Gemini, which cache implicitly; only with a
-  ``cache_control`` marker for Anthropic). Cache writes only come from ``x-sim-cache-write-tokens``.
+  ``cache_control`` marker for Anthropic). Cache writes only come from controls:
+  ``x-sim-cache-write-tokens`` is the TOTAL written and ``x-sim-cache-write-1h-tokens`` how many of
+  them were written with a 1-hour TTL (capped at the total; the rest are 5-minute writes). Given
+  alone, ``x-sim-cache-write-1h-tokens`` is also the total (all writes are 1-hour). The total is
+  capped at the prompt tokens not read from the cache.
 - **Reasoning.** Reasoning models think for ``DEFAULT_REASONING_TOKENS`` tokens
   (``x-sim-reasoning-tokens`` overrides, a provider budget caps it). Reasoning counts against the
   output cap first, as it does for OpenAI o-series/GPT-5 and Gemini 2.5+.
@@ -22,6 +26,7 @@ The rules (all deterministic):
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,12 +80,14 @@ class ToolCall:
 @dataclass(frozen=True)
 class Usage:
     """Provider-neutral usage: ``prompt_tokens`` includes ``cached_tokens`` and
-    ``cache_write_tokens``; ``output_tokens`` excludes ``reasoning_tokens``. Each provider module
-    maps this onto its own semantics."""
+    ``cache_write_tokens``; ``cache_write_1h_tokens`` is the part of ``cache_write_tokens``
+    written with a 1-hour TTL (only Anthropic reports it); ``output_tokens`` excludes
+    ``reasoning_tokens``. Each provider module maps this onto its own semantics."""
 
     prompt_tokens: int
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
 
@@ -89,6 +96,11 @@ class Usage:
         """Prompt tokens that were neither read from nor written to the cache (Anthropic's
         ``input_tokens``)."""
         return max(self.prompt_tokens - self.cached_tokens - self.cache_write_tokens, 0)
+
+    @property
+    def cache_write_5m_tokens(self) -> int:
+        """Cache writes with the default 5-minute TTL: the writes that are not 1-hour writes."""
+        return self.cache_write_tokens - self.cache_write_1h_tokens
 
 
 @dataclass(frozen=True)
@@ -146,13 +158,7 @@ def generate(turn: Turn, controls: Controls) -> Reply:
 
 
 def _with_output(usage: Usage, output: int, reasoning: int) -> Usage:
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        output_tokens=output,
-        reasoning_tokens=reasoning,
-    )
+    return dataclasses.replace(usage, output_tokens=output, reasoning_tokens=reasoning)
 
 
 def _prompt_usage(turn: Turn, controls: Controls) -> Usage:
@@ -164,8 +170,17 @@ def _prompt_usage(turn: Turn, controls: Controls) -> Usage:
     else:
         cached = 0
     cached = min(cached, prompt)
-    write = min(controls.cache_write_tokens or 0, prompt - cached)
-    return Usage(prompt_tokens=prompt, cached_tokens=cached, cache_write_tokens=write)
+    asked = controls.cache_write_tokens
+    if asked is None:
+        asked = controls.cache_write_1h_tokens
+    write = min(asked or 0, prompt - cached)
+    write_1h = min(controls.cache_write_1h_tokens or 0, write)
+    return Usage(
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
+    )
 
 
 def _reasoning_tokens(turn: Turn, controls: Controls) -> int:

@@ -17,13 +17,25 @@ Usage semantics (what the gateway must bill):
 - When streaming, usage is sent only if ``stream_options.include_usage`` is true, in one last chunk
   with ``"choices": []``; the other chunks then carry ``"usage": null``. Otherwise the stream
   has no usage at all.
+
+Perplexity (``perplexity-ai`` is served here) adds fields at the top level of ``usage``; the
+simulator adds each one only when asked, so every other vendor's usage stays plain OpenAI:
+
+- ``search_context_size`` (``"low"`` / ``"medium"`` / ``"high"``): ``x-sim-search-context``, else
+  the request's ``web_search_options.search_context_size`` echoed back, as Perplexity does (an
+  unknown size there is a 400 ``invalid_value`` with ``param`` naming the field);
+- ``citation_tokens``: ``x-sim-citation-tokens``; they are BESIDE ``prompt_tokens`` and not in
+  ``total_tokens`` (Perplexity bills them at their own rate);
+- ``num_search_queries``: ``x-sim-search-queries``.
+
+They appear wherever the usage object does (the response body, the final stream chunk).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.responses import Response
@@ -31,10 +43,12 @@ from starlette.routing import Route
 
 from tollgate.sim import openai_responses
 from tollgate.sim import text as simtext
+from tollgate.sim.controls import SEARCH_CONTEXT_SIZES
 from tollgate.sim.engine import Reply, ToolSpec, Turn, Usage, generate, new_id
 from tollgate.sim.http import (
     Call,
     JsonObject,
+    SimError,
     elapsed_ms,
     endpoint,
     json_response,
@@ -119,17 +133,60 @@ def _chat_message(reply: Reply) -> JsonObject:
     return message
 
 
+def _search_context_size(call: Call) -> str | None:
+    """The ``search_context_size`` to report: the control, else the request's
+    ``web_search_options.search_context_size`` (validated even when the control overrides it)."""
+    options = call.body.get("web_search_options")
+    requested = None
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _invalid_param(
+                "web_search_options",
+                "Invalid type for 'web_search_options': expected an object.",
+                "invalid_type",
+            )
+        requested = options.get("search_context_size")
+        if requested is not None and requested not in SEARCH_CONTEXT_SIZES:
+            raise _invalid_param(
+                "web_search_options.search_context_size",
+                f"Invalid value: {requested!r}. Supported values are: 'low', 'medium', and 'high'.",
+                "invalid_value",
+            )
+    return call.controls.search_context or requested
+
+
+def _invalid_param(param: str, message: str, code: str) -> SimError:
+    error = openai_error(400, message, code)
+    error.body["error"]["param"] = param
+    return error
+
+
+def search_usage(call: Call) -> JsonObject:
+    """Perplexity's extra usage fields the request asked for (see the module docstring); empty
+    when none was asked for, so the usage object stays plain OpenAI."""
+    extras: JsonObject = {}
+    context = _search_context_size(call)
+    if context is not None:
+        extras["search_context_size"] = context
+    if call.controls.citation_tokens is not None:
+        extras["citation_tokens"] = call.controls.citation_tokens
+    if call.controls.search_queries is not None:
+        extras["num_search_queries"] = call.controls.search_queries
+    return extras
+
+
 async def chat_completions(call: Call) -> Response:
     """``POST /openai/v1/chat/completions``."""
     require_model(call)
+    extras = search_usage(call)
     reply = generate(_chat_turn(call), call.controls)
     completion_id = new_id("chatcmpl-", 29)
     created = int(time.time())
     headers = {"openai-processing-ms": elapsed_ms(call)}
     if call.body.get("stream"):
         options = call.body.get("stream_options") or {}
-        include_usage = bool(options.get("include_usage"))
-        frames = _chat_stream(reply, completion_id, created, include_usage, call.controls.chunks)
+        usage = chat_usage(reply.usage, extras) if options.get("include_usage") else None
+        frames = _chat_stream(reply, completion_id, created, usage, call.controls.chunks)
         return stream_response(call, frames, headers=headers)
     return reply_json(
         call,
@@ -146,7 +203,7 @@ async def chat_completions(call: Call) -> Response:
                     "finish_reason": _finish_reason(reply),
                 }
             ],
-            "usage": chat_usage(reply.usage),
+            "usage": chat_usage(reply.usage, extras),
             "service_tier": "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
         },
@@ -155,9 +212,11 @@ async def chat_completions(call: Call) -> Response:
 
 
 def _chat_stream(
-    reply: Reply, completion_id: str, created: int, include_usage: bool, chunks: int | None
+    reply: Reply, completion_id: str, created: int, usage: JsonObject | None, chunks: int | None
 ) -> list[bytes]:
-    """The SSE frames of a streamed chat completion (see the module docstring for the order)."""
+    """The SSE frames of a streamed chat completion (see the module docstring for the order);
+    ``usage`` is the final chunk's usage, ``None`` when ``include_usage`` was not asked for."""
+    include_usage = usage is not None
 
     def chunk(delta: JsonObject, finish: str | None = None) -> bytes:
         data: JsonObject = {
@@ -212,7 +271,7 @@ def _chat_stream(
                     "service_tier": "default",
                     "system_fingerprint": SYSTEM_FINGERPRINT,
                     "choices": [],
-                    "usage": chat_usage(reply.usage),
+                    "usage": usage,
                 }
             )
         )
@@ -274,10 +333,11 @@ async def retrieve_model(call: Call) -> Response:
     return json_response(_model_object(call.model))
 
 
-def chat_usage(usage: Usage) -> JsonObject:
-    """Chat Completions usage: cached inside prompt_tokens, reasoning inside completion_tokens."""
+def chat_usage(usage: Usage, extras: Mapping[str, Any] | None = None) -> JsonObject:
+    """Chat Completions usage: cached inside prompt_tokens, reasoning inside completion_tokens;
+    ``extras`` (Perplexity's fields, from ``search_usage``) are added at the top level."""
     completion = usage.output_tokens + usage.reasoning_tokens
-    return {
+    data: JsonObject = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": usage.prompt_tokens + completion,
@@ -289,6 +349,8 @@ def chat_usage(usage: Usage) -> JsonObject:
             "rejected_prediction_tokens": 0,
         },
     }
+    data.update(extras or {})
+    return data
 
 
 def routes(prefix: str = "/openai/v1") -> Sequence[Route]:
