@@ -85,12 +85,15 @@ class Catalog:
             )
         ]
 
-    def cost(self, provider: str, price: ModelPrice, usage: Usage) -> Nanos:
-        """Exact nano-dollar cost of ``usage`` at ``price`` (the one rounding: half up)."""
+    def cost(
+        self, provider: str, price: ModelPrice, usage: Usage, *, off_peak: bool = False
+    ) -> Nanos:
+        """Exact nano-dollar cost of ``usage`` at ``price`` (the one rounding: half up), at its
+        off-peak prices when ``off_peak`` (see ``ModelPrice.is_off_peak``) and it has them."""
         slug = PROVIDER_ALIASES.get(provider, provider)
         if slug != price.provider:
             raise ValueError(f"price of {price.id!r} used for provider {provider!r}")
-        return round_half_up_ratio(*scaled_cost(price, usage))
+        return round_half_up_ratio(*scaled_cost(price, usage, off_peak=off_peak))
 
 
 def load_catalog(

@@ -11,15 +11,18 @@ Each model is ``{"id": "{provider}/{model}", "provider", "context_window", "max_
 - ``search_queries_per_1k``: USD per 1,000 searches the model ran (Perplexity Deep Research);
 - ``request_fee_per_1k``: ``{"low": ..., "medium": ..., "high": ...}``, USD per 1,000 requests
   by search context size (Perplexity's Sonar models);
+- ``off_peak_input``, ``off_peak_output`` (both required together), ``off_peak_cached_input``
+  with ``peak_hours_utc``: ``{"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00", ...]}``:
+  the prices outside the peak windows (DeepSeek); see ``prices.ModelPrice.is_off_peak``;
 - ``tiers``: ``[{"above_input_tokens": N, "input": ..., "output": ..., ...}]``: when the prompt
   (canonical ``Usage.input_tokens``, cache reads and writes included) exceeds ``N``, the WHOLE
   request bills at that tier; token prices a tier omits keep the price of the tier below (or the
   base); fees are the base's. Highest matching ``N`` wins. No tier may be cheaper than the one
   below it.
 
-Any other ``[a-z0-9_]+`` key with a decimal value (``input_audio``, ``cache_write_12h``,
-``off_peak_input``...) is a listed price that canonical ``Usage`` cannot carry: shown in
-``to_public``, never billed. ``aliases``, ``embedding`` and ``note`` are optional.
+Any other ``[a-z0-9_]+`` key with a decimal value (``input_audio``, ``cache_write_12h``...) is
+a listed price that canonical ``Usage`` cannot carry: shown in ``to_public``, never billed.
+``aliases``, ``embedding`` and ``note`` are optional.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from typing import Any
 from tollgate.billing.prices import (
     NANOS_PER_TOKEN_PER_USD_PER_MTOK,
     NANOS_PER_UNIT_PER_USD_PER_K,
+    OFF_PEAK_FIELDS,
+    PEAK_HOURS_FIELD,
     REQUEST_FEE_FIELD,
     SEARCH_CONTEXTS,
     SEARCH_QUERY_FIELD,
     TOKEN_FIELDS,
     CatalogError,
     ModelPrice,
+    PeakHours,
     Prices,
     PriceTier,
     effective,
@@ -49,7 +55,8 @@ from tollgate.billing.prices import (
 REQUIRED_FIELDS = ("input", "output")
 FEE_FIELDS = (SEARCH_QUERY_FIELD, REQUEST_FEE_FIELD)
 # What an override may remove with null: everything billed but the two required prices.
-_OPTIONAL_BILLED = (*TOKEN_FIELDS[2:], *FEE_FIELDS)
+_OPTIONAL_BILLED = (*TOKEN_FIELDS[2:], *FEE_FIELDS, *OFF_PEAK_FIELDS, PEAK_HOURS_FIELD)
+_BILLED_KEYS = frozenset({*TOKEN_FIELDS, *FEE_FIELDS, *OFF_PEAK_FIELDS, PEAK_HOURS_FIELD})
 _META_FIELDS = frozenset(
     {"id", "provider", "context_window", "max_output_tokens", "tiers", "aliases"}
     | {"embedding", "note"}
@@ -129,10 +136,13 @@ def _parse_model(model_id: str, fields: Mapping[str, Any], factor: Fraction) -> 
         raise fail("embedding", "must be true or false")
     prices = _parse_prices(fields, factor, fail)
     tiers = _parse_tiers(fields.get("tiers", []), prices, factor, fail)
+    off_peak, peak_hours = _parse_off_peak(fields, prices, factor, fail)
+    if off_peak is not None and tiers:
+        raise fail(PEAK_HOURS_FIELD, "off-peak prices and prompt-size tiers cannot be combined")
     listed = {
         key: _price(value, factor, key, fail)
         for key, value in fields.items()
-        if key not in _META_FIELDS and key not in TOKEN_FIELDS and key not in FEE_FIELDS
+        if key not in _META_FIELDS and key not in _BILLED_KEYS
     }
     note = fields.get("note")
     if note is not None and not isinstance(note, str):
@@ -149,7 +159,55 @@ def _parse_model(model_id: str, fields: Mapping[str, Any], factor: Fraction) -> 
         aliases=_aliases(fields.get("aliases", []), fail),
         embedding=embedding,
         note=note,
+        off_peak=off_peak,
+        peak_hours=peak_hours,
     )
+
+
+def _parse_off_peak(
+    fields: Mapping[str, Any], prices: Prices, factor: Fraction, fail: Fail
+) -> tuple[Prices | None, PeakHours | None]:
+    """The off-peak price set (unset fields keep the peak price) and the peak windows."""
+    given = [name for name in OFF_PEAK_FIELDS if fields.get(name) is not None]
+    hours = fields.get(PEAK_HOURS_FIELD)
+    if not given and hours is None:
+        return None, None
+    if hours is None:
+        raise fail(given[0], f"off-peak prices need {PEAK_HOURS_FIELD} (when peak applies)")
+    for name in ("off_peak_input", "off_peak_output"):
+        if fields.get(name) is None:
+            raise fail(name, f"missing (required with {PEAK_HOURS_FIELD})")
+    changes: dict[str, Any] = {
+        name.removeprefix("off_peak_"): _price(fields[name], factor, name, fail) for name in given
+    }
+    return replace(prices, **changes), _peak_hours(hours, fail)
+
+
+_DAYS = {"mon-fri": frozenset(range(5)), "mon-sun": frozenset(range(7))}
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+def _peak_hours(value: Any, fail: Fail) -> PeakHours:
+    name = PEAK_HOURS_FIELD
+    if not isinstance(value, Mapping) or set(value) != {"days", "windows"}:
+        raise fail(name, 'must be {"days": "mon-fri" | "mon-sun", "windows": ["HH:MM-HH:MM"]}')
+    days = _DAYS.get(value["days"]) if isinstance(value["days"], str) else None
+    if days is None:
+        raise fail(f"{name}.days", f"must be one of {sorted(_DAYS)}")
+    windows = value["windows"]
+    if not isinstance(windows, list) or not windows:
+        raise fail(f"{name}.windows", "must be a non-empty list of 'HH:MM-HH:MM' (UTC)")
+    parsed: list[tuple[int, int]] = []
+    for window in windows:
+        match = _WINDOW.match(window) if isinstance(window, str) else None
+        if match is None:
+            raise fail(f"{name}.windows", f"{window!r} is not 'HH:MM-HH:MM' (UTC)")
+        h1, m1, h2, m2 = map(int, match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if not start < end <= 24 * 60:
+            raise fail(f"{name}.windows", f"{window!r} must end after it starts, within a day")
+        parsed.append((start, end))
+    return PeakHours(days, tuple(sorted(parsed)))
 
 
 def _parse_prices(fields: Mapping[str, Any], factor: Fraction, fail: Fail) -> Prices:

@@ -235,12 +235,14 @@ class Meter:
             usage = dataclasses.replace(usage, output_tokens=output)
         if usage.search_context is None and admission.search_context is not None:
             usage = dataclasses.replace(usage, search_context=admission.search_context)
-        cost = self.catalog.cost(admission.provider, admission.price, usage)
+        price = admission.price
+        off_peak = price.is_off_peak(admission.hold.created_at, self.ledger.clock())
+        cost = self.catalog.cost(admission.provider, price, usage, off_peak=off_peak)
         settlement = await self.ledger.settle(
             admission.hold,
             cost,
             estimated=estimated,
-            note=_note(admission.price, usage, estimated),
+            note=_note(price, usage, estimated, off_peak),
         )
         balance = settlement.balance_after_nanos
         if self.on_settled is not None and balance is not None and not settlement.replayed:
@@ -278,7 +280,7 @@ class Meter:
                 log.exception("extending the holds of requests in flight failed")
 
 
-def _note(price: ModelPrice, usage: Usage, estimated: bool) -> str:
+def _note(price: ModelPrice, usage: Usage, estimated: bool, off_peak: bool) -> str:
     """The usage entry's note: what was billed, in the units the price list uses."""
     parts = [f"{usage.input_tokens} in", f"{usage.output_tokens} out"]
     if usage.citation_tokens:
@@ -287,4 +289,6 @@ def _note(price: ModelPrice, usage: Usage, estimated: bool) -> str:
         parts.append(f"{usage.search_queries} searches")
     if usage.search_context is not None and price.has_request_fee:
         parts.append(f"search context {usage.search_context}")
+    if off_peak:
+        parts.append("off-peak prices")
     return f"{price.id}: {', '.join(parts)}" + (" (estimated)" if estimated else "")

@@ -19,6 +19,12 @@ candidates, xAI reasoning beside completion, Perplexity's meters beside the toke
       + citation tokens x citation + searches x search query fee
       + the per-request search fee for the request's search context size
 
+Off-peak prices (DeepSeek: half price outside its peak hours) apply only to a request that was
+admitted and settled outside the model's peak windows and did not span one (`ModelPrice.
+is_off_peak`); anything touching a peak window pays the peak (list) price, which is also what a
+hold reserves. Which instant the provider itself uses is not published, so this is the reading
+that can never under-bill.
+
 A cache read or write on a model with no such price bills at the plain ``input`` price, and a
 1-hour write without its own price at ``cache_write`` (upper bounds: never under-billed).
 Citations, searches and request fees bill only where the model lists a price for them (a provider
@@ -31,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -53,6 +60,9 @@ TOKEN_FIELDS = (
 SEARCH_QUERY_FIELD = "search_queries_per_1k"  # USD per 1,000 searches the model ran
 REQUEST_FEE_FIELD = "request_fee_per_1k"  # {"low": USD per 1,000 requests, "medium", "high"}
 SEARCH_CONTEXTS = ("low", "medium", "high")
+# Off-peak token prices (USD per million tokens) and the peak windows they depend on.
+OFF_PEAK_FIELDS = ("off_peak_input", "off_peak_output", "off_peak_cached_input")
+PEAK_HOURS_FIELD = "peak_hours_utc"  # {"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00"]}
 # Shown in the public pricing of every model (null when not applicable); the others only when set.
 PUBLIC_TOKEN_FIELDS = TOKEN_FIELDS[:-1]
 
@@ -112,6 +122,38 @@ class PriceTier:
 
 
 @dataclass(frozen=True, slots=True)
+class PeakHours:
+    """When a model's peak (list) prices apply: minute ranges [start, end) of each UTC day whose
+    weekday (Monday = 0) is in `days`; every other minute is off-peak."""
+
+    days: frozenset[int]
+    windows: tuple[tuple[int, int], ...]  # minutes since midnight, start < end
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        """Whether [start, end] touches a peak window (both aware datetimes)."""
+        start, end = start.astimezone(UTC), end.astimezone(UTC)
+        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        while day <= end:
+            if day.weekday() in self.days:
+                for first, last in self.windows:
+                    if start < day + timedelta(minutes=last) and end >= day + timedelta(
+                        minutes=first
+                    ):
+                        return True
+            day += timedelta(days=1)
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        """The data file's form, for the public pricing."""
+        days = "mon-fri" if self.days == frozenset(range(5)) else "mon-sun"
+        return {"days": days, "windows": [f"{_hhmm(a)}-{_hhmm(b)}" for a, b in self.windows]}
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPrice:
     id: str  # "{provider}/{model}"
     provider: str
@@ -124,9 +166,19 @@ class ModelPrice:
     aliases: tuple[str, ...] = ()
     embedding: bool = False
     note: str | None = None
+    off_peak: Prices | None = None  # with `peak_hours`: the price set outside them
+    peak_hours: PeakHours | None = None
 
-    def prices_for(self, input_tokens: int) -> Prices:
+    def is_off_peak(self, start: datetime, end: datetime) -> bool:
+        """Whether a request admitted at `start` and settled at `end` pays off-peak prices."""
+        if self.off_peak is None or self.peak_hours is None:
+            return False
+        return not self.peak_hours.overlaps(start, end)
+
+    def prices_for(self, input_tokens: int, *, off_peak: bool = False) -> Prices:
         """The price set a prompt of ``input_tokens`` (cache reads and writes included) pays."""
+        if off_peak and self.off_peak is not None:
+            return self.off_peak  # (off-peak models have no prompt-size tiers)
         chosen = self.prices
         for tier in self.tiers:  # ascending thresholds
             if input_tokens > tier.above_input_tokens:
@@ -144,6 +196,15 @@ class ModelPrice:
         pricing: dict[str, Any] = {"currency": "USD"}
         pricing.update(_public_prices(self.prices))
         pricing.update({key: _usd_per_mtok(value) for key, value in sorted(self.listed.items())})
+        if self.off_peak is not None and self.peak_hours is not None:
+            pricing.update(
+                {
+                    "off_peak_input": _usd_per_mtok(self.off_peak.input),
+                    "off_peak_output": _usd_per_mtok(self.off_peak.output),
+                    "off_peak_cached_input": _usd_per_mtok(self.off_peak.cached_input),
+                    PEAK_HOURS_FIELD: self.peak_hours.describe(),
+                }
+            )
         if self.tiers:
             pricing["tiers"] = [
                 {"above_input_tokens": t.above_input_tokens, **_public_prices(t.prices)}
@@ -158,12 +219,12 @@ class ModelPrice:
         }
 
 
-def usage_cost(price: ModelPrice, usage: Usage) -> Fraction:
+def usage_cost(price: ModelPrice, usage: Usage, *, off_peak: bool = False) -> Fraction:
     """The unrounded exact cost in nano-dollars (the module docstring has the formula)."""
-    return Fraction(*scaled_cost(price, usage))
+    return Fraction(*scaled_cost(price, usage, off_peak=off_peak))
 
 
-def scaled_cost(price: ModelPrice, usage: Usage) -> tuple[int, int]:
+def scaled_cost(price: ModelPrice, usage: Usage, *, off_peak: bool = False) -> tuple[int, int]:
     """The exact cost as (numerator, denominator) nano-dollars: `Prices.scaled` applied."""
     counts = (
         usage.input_tokens,
@@ -184,7 +245,7 @@ def scaled_cost(price: ModelPrice, usage: Usage) -> tuple[int, int]:
         or usage.cache_write_1h_input_tokens > usage.cache_write_input_tokens
     ):
         raise ValueError(f"inconsistent usage (breakdown exceeds its total): {usage}")
-    denominator, rates, fees = price.prices_for(usage.input_tokens).scaled
+    denominator, rates, fees = price.prices_for(usage.input_tokens, off_peak=off_peak).scaled
     input_, cached, write, write_1h, output, reasoning, citation, search = rates
     numerator = (
         uncached * input_
