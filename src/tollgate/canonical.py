@@ -61,7 +61,8 @@ class Usage:
       1-hour retention (Anthropic bills it above the 5-minute writes).
     - Meters beside the tokens (Perplexity): `citation_tokens`, `search_queries` (searches the
       model ran) and `search_context` (the request's search context size: low, medium, high),
-      which picks the per-request search fee.
+      which picks the per-request search fee; `pro_search` when that fee is Sonar Pro's "Pro
+      Search" one.
     - A provider that does not report a breakdown leaves that field 0 (or None).
 
     Each provider's `usage_from_response` documents how its own counts map onto this.
@@ -76,6 +77,7 @@ class Usage:
     citation_tokens: int = 0
     search_queries: int = 0
     search_context: str | None = None
+    pro_search: bool = False
 
     @property
     def total_tokens(self) -> int:

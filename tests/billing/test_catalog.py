@@ -273,6 +273,18 @@ def test_perplexity_request_fee_by_search_context(
     assert CATALOG.cost("perplexity-ai", sonar, usage) == tokens + fee
 
 
+def test_sonar_pro_search_has_its_own_fee_table() -> None:
+    pro = price("perplexity-ai", "sonar-pro")
+    assert pro.has_pro_search and not price("perplexity-ai", "sonar").has_pro_search
+    standard = Usage(0, 0, search_context="medium")
+    assert CATALOG.cost("perplexity-ai", pro, standard) == 10_000_000  # $10 per 1,000
+    assert CATALOG.cost("perplexity-ai", pro, replace(standard, pro_search=True)) == 18_000_000
+    sonar = price("perplexity-ai", "sonar")  # no Pro Search table: the standard fee
+    assert CATALOG.cost("perplexity-ai", sonar, replace(standard, pro_search=True)) == 8_000_000
+    shown = pro.to_public()["pricing"]["pro_search_request_fee_per_1k"]
+    assert shown == {"low": 14.0, "medium": 18.0, "high": 22.0}
+
+
 def test_perplexity_deep_research_bills_citations_and_searches() -> None:
     usage = openai.usage_from_response(
         {
@@ -553,6 +565,7 @@ def broken(change: dict[str, Any], model_id: str = "openai/gpt-4o") -> dict[str,
         ({"request_fee_per_1k": {"low": 5}}, "request_fee_per_1k.low", "decimal string"),
         ({"search_queries_per_1k": "five"}, "search_queries_per_1k", "not a decimal"),
         ({"citation": "-2"}, "citation", "negative"),
+        ({"pro_search_request_fee_per_1k": {"low": "1"}}, "pro_search_request_fee_per_1k", "needs"),
     ],
 )
 def test_malformed_data_names_model_and_field(

@@ -118,6 +118,48 @@ def test_perplexity_search_fee_follows_the_search_context(
     assert f"search context {usage.search_context}" in entry.note
 
 
+@pytest.mark.parametrize(
+    ("stream", "search_type", "fee"),
+    [
+        (True, "pro", 18_000_000),  # Pro Search: $18 per 1,000 at medium
+        (True, "auto", 18_000_000),  # the model may pick Pro Search: billed as it (never under)
+        (True, "fast", 10_000_000),  # standard Sonar Pro: $10 per 1,000 at medium
+        (False, "pro", 10_000_000),  # Pro Search runs only when streamed; otherwise standard
+    ],
+)
+def test_sonar_pro_search_pays_its_own_fee(
+    gateway: Gateway, sim: Sim, stream: bool, search_type: str, fee: int
+) -> None:
+    recorder = Recorder()
+    client = openai_client(gateway, recorder, base="perplexity-ai")
+    before = books(gateway)
+    options = {"search_context_size": "medium", "search_type": search_type}
+    messages: Any = [{"role": "user", "content": "Compare this year's battery chemistries."}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="sonar-pro",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"web_search_options": options},
+            )
+        )
+        [reported] = [chunk.usage for chunk in chunks if chunk.usage is not None]
+    else:
+        reply = client.chat.completions.create(
+            model="sonar-pro", messages=messages, extra_body={"web_search_options": options}
+        )
+        assert reply.usage is not None
+        reported = reply.usage
+    usage = replace(perplexity_usage(reported, "medium"), pro_search=fee == 18_000_000)
+    cost = assert_billed(
+        gateway, before, recorder.last, "perplexity-ai", "sonar-pro", usage, stream=stream
+    )
+    tokens = price_of("perplexity-ai", "sonar-pro", Usage(usage.input_tokens, usage.output_tokens))
+    assert cost == tokens + fee
+
+
 def test_perplexity_deep_research_bills_citations_and_searches(gateway: Gateway, sim: Sim) -> None:
     recorder = Recorder()
     client = openai_client(gateway, recorder, base="perplexity-ai")

@@ -10,7 +10,8 @@ Each model is ``{"id": "{provider}/{model}", "provider", "context_window", "max_
   tokens, optional ones ``null`` when not applicable;
 - ``search_queries_per_1k``: USD per 1,000 searches the model ran (Perplexity Deep Research);
 - ``request_fee_per_1k``: ``{"low": ..., "medium": ..., "high": ...}``, USD per 1,000 requests
-  by search context size (Perplexity's Sonar models);
+  by search context size (Perplexity's Sonar models); ``pro_search_request_fee_per_1k`` the
+  same for Sonar Pro's "Pro Search" (streamed requests with ``search_type`` pro or auto);
 - ``off_peak_input``, ``off_peak_output`` (both required together), ``off_peak_cached_input``
   with ``peak_hours_utc``: ``{"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00", ...]}``:
   the prices outside the peak windows (DeepSeek); see ``prices.ModelPrice.is_off_peak``;
@@ -40,6 +41,7 @@ from tollgate.billing.prices import (
     NANOS_PER_UNIT_PER_USD_PER_K,
     OFF_PEAK_FIELDS,
     PEAK_HOURS_FIELD,
+    PRO_SEARCH_FEE_FIELD,
     REQUEST_FEE_FIELD,
     SEARCH_CONTEXTS,
     SEARCH_QUERY_FIELD,
@@ -53,7 +55,7 @@ from tollgate.billing.prices import (
 )
 
 REQUIRED_FIELDS = ("input", "output")
-FEE_FIELDS = (SEARCH_QUERY_FIELD, REQUEST_FEE_FIELD)
+FEE_FIELDS = (SEARCH_QUERY_FIELD, REQUEST_FEE_FIELD, PRO_SEARCH_FEE_FIELD)
 # What an override may remove with null: everything billed but the two required prices.
 _OPTIONAL_BILLED = (*TOKEN_FIELDS[2:], *FEE_FIELDS, *OFF_PEAK_FIELDS, PEAK_HOURS_FIELD)
 _BILLED_KEYS = frozenset({*TOKEN_FIELDS, *FEE_FIELDS, *OFF_PEAK_FIELDS, PEAK_HOURS_FIELD})
@@ -222,7 +224,11 @@ def _parse_prices(fields: Mapping[str, Any], factor: Fraction, fail: Fail) -> Pr
     if fields.get(SEARCH_QUERY_FIELD) is not None:
         values["search_query"] = _fee(fields[SEARCH_QUERY_FIELD], factor, SEARCH_QUERY_FIELD, fail)
     if fields.get(REQUEST_FEE_FIELD) is not None:
-        values["request_fee"] = _request_fees(fields[REQUEST_FEE_FIELD], factor, fail)
+        values["request_fee"] = _request_fees(REQUEST_FEE_FIELD, fields, factor, fail)
+    if fields.get(PRO_SEARCH_FEE_FIELD) is not None:
+        if "request_fee" not in values:
+            raise fail(PRO_SEARCH_FEE_FIELD, f"needs {REQUEST_FEE_FIELD} (the standard fees)")
+        values["pro_search_fee"] = _request_fees(PRO_SEARCH_FEE_FIELD, fields, factor, fail)
     return Prices(**values)
 
 
@@ -283,8 +289,10 @@ def _fee(value: Any, factor: Fraction, name: str, fail: Fail) -> Fraction:
     return Fraction(decimal) * NANOS_PER_UNIT_PER_USD_PER_K * factor
 
 
-def _request_fees(value: Any, factor: Fraction, fail: Fail) -> tuple[tuple[str, Fraction], ...]:
-    name = REQUEST_FEE_FIELD
+def _request_fees(
+    name: str, fields: Mapping[str, Any], factor: Fraction, fail: Fail
+) -> tuple[tuple[str, Fraction], ...]:
+    value = fields[name]
     if not isinstance(value, Mapping) or not value:
         raise fail(name, f"must be an object of USD per 1,000 requests by {SEARCH_CONTEXTS}")
     unknown = sorted(set(value) - set(SEARCH_CONTEXTS))

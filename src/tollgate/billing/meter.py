@@ -70,6 +70,7 @@ class Admission:
     # The search context the request pays a fee for (models with per-request search fees):
     # the request's, else "low" (Perplexity's default); a response that reports one wins.
     search_context: str | None = None
+    pro_search: bool = False  # the fee is Sonar Pro's "Pro Search" one
 
     @property
     def metered(self) -> bool:
@@ -148,6 +149,7 @@ class Meter:
         prompt = Usage(
             estimate_prompt_tokens(body),
             search_context=(facts.search_context or "low") if price.has_request_fee else None,
+            pro_search=_pro_search(price, facts),
         )
         output = 0 if facts.kind == "embeddings" else facts.max_output_tokens
         capped = None
@@ -167,6 +169,7 @@ class Meter:
             capped,
             unified,
             prompt.search_context,
+            prompt.pro_search,
         )
 
     async def _hold(
@@ -235,6 +238,8 @@ class Meter:
             usage = dataclasses.replace(usage, output_tokens=output)
         if usage.search_context is None and admission.search_context is not None:
             usage = dataclasses.replace(usage, search_context=admission.search_context)
+        if admission.pro_search:  # the request chose it; the response does not say
+            usage = dataclasses.replace(usage, pro_search=True)
         price = admission.price
         off_peak = price.is_off_peak(admission.hold.created_at, self.ledger.clock())
         cost = self.catalog.cost(admission.provider, price, usage, off_peak=off_peak)
@@ -280,6 +285,12 @@ class Meter:
                 log.exception("extending the holds of requests in flight failed")
 
 
+def _pro_search(price: ModelPrice, facts: RequestFacts) -> bool:
+    """Sonar Pro's Pro Search runs only on streamed requests that ask for it (`pro`) or let the
+    model decide (`auto`: billed as Pro Search, since the response does not say; never under)."""
+    return price.has_pro_search and facts.stream and facts.search_type in ("pro", "auto")
+
+
 def _note(price: ModelPrice, usage: Usage, estimated: bool, off_peak: bool) -> str:
     """The usage entry's note: what was billed, in the units the price list uses."""
     parts = [f"{usage.input_tokens} in", f"{usage.output_tokens} out"]
@@ -288,7 +299,8 @@ def _note(price: ModelPrice, usage: Usage, estimated: bool, off_peak: bool) -> s
     if usage.search_queries:
         parts.append(f"{usage.search_queries} searches")
     if usage.search_context is not None and price.has_request_fee:
-        parts.append(f"search context {usage.search_context}")
+        pro = "Pro Search, " if usage.pro_search else ""
+        parts.append(f"{pro}search context {usage.search_context}")
     if off_peak:
         parts.append("off-peak prices")
     return f"{price.id}: {', '.join(parts)}" + (" (estimated)" if estimated else "")

@@ -17,7 +17,8 @@ candidates, xAI reasoning beside completion, Perplexity's meters beside the toke
       + (cache writes - 1h writes) x cache_write + 1h writes x cache_write_1h
       + (output - reasoning) x output + reasoning x (reasoning price, else output)
       + citation tokens x citation + searches x search query fee
-      + the per-request search fee for the request's search context size
+      + the per-request search fee for the request's search context size (Sonar Pro's "Pro
+        Search" table when the request used it)
 
 Off-peak prices (DeepSeek: half price outside its peak hours) apply only to a request that was
 admitted and settled outside the model's peak windows and did not span one (`ModelPrice.
@@ -59,6 +60,7 @@ TOKEN_FIELDS = (
 )
 SEARCH_QUERY_FIELD = "search_queries_per_1k"  # USD per 1,000 searches the model ran
 REQUEST_FEE_FIELD = "request_fee_per_1k"  # {"low": USD per 1,000 requests, "medium", "high"}
+PRO_SEARCH_FEE_FIELD = "pro_search_request_fee_per_1k"  # the same, for Sonar Pro's Pro Search
 SEARCH_CONTEXTS = ("low", "medium", "high")
 # Off-peak token prices (USD per million tokens) and the peak windows they depend on.
 OFF_PEAK_FIELDS = ("off_peak_input", "off_peak_output", "off_peak_cached_input")
@@ -85,10 +87,12 @@ class Prices:
     citation: Fraction | None = None
     search_query: Fraction | None = None
     request_fee: tuple[tuple[str, Fraction], ...] = ()
+    pro_search_fee: tuple[tuple[str, Fraction], ...] = ()
     # Every rate with the fallbacks of the cost formula applied, over one common denominator,
     # computed once: a cost is then integer arithmetic, about 20x cheaper than summing Fractions
-    # on every request. (denominator, token and search numerators, request-fee numerators)
-    scaled: tuple[int, tuple[int, ...], dict[str, int]] = field(
+    # on every request. (denominator, token and search numerators, request-fee numerators,
+    # Pro Search request-fee numerators)
+    scaled: tuple[int, tuple[int, ...], dict[str, int], dict[str, int]] = field(
         init=False, repr=False, compare=False
     )
 
@@ -105,14 +109,20 @@ class Prices:
             _or(self.citation, zero),
             _or(self.search_query, zero),
         )
-        fees = dict(self.request_fee)
-        denominator = math.lcm(*(rate.denominator for rate in (*rates, *fees.values())))
+        fees, pro = dict(self.request_fee), dict(self.pro_search_fee)
+        every = (*rates, *fees.values(), *pro.values())
+        denominator = math.lcm(*(rate.denominator for rate in every))
 
         def scale(rate: Fraction) -> int:
             return rate.numerator * (denominator // rate.denominator)
 
-        scaled_fees = {context: scale(fee) for context, fee in fees.items()}
-        object.__setattr__(self, "scaled", (denominator, tuple(map(scale, rates)), scaled_fees))
+        scaled = (
+            denominator,
+            tuple(map(scale, rates)),
+            {context: scale(fee) for context, fee in fees.items()},
+            {context: scale(fee) for context, fee in pro.items()},
+        )
+        object.__setattr__(self, "scaled", scaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +200,11 @@ class ModelPrice:
         """Whether a request pays a search fee by context size (the meter then holds it)."""
         return bool(self.prices.request_fee)
 
+    @property
+    def has_pro_search(self) -> bool:
+        """Whether the model has Sonar Pro's "Pro Search" request fees."""
+        return bool(self.prices.pro_search_fee)
+
     def to_public(self) -> dict[str, Any]:
         """PRODUCT.md §2.2's shape: USD per million tokens as JSON numbers, null where N/A;
         per-unit fees in USD per 1,000 where the model has them."""
@@ -245,7 +260,11 @@ def scaled_cost(price: ModelPrice, usage: Usage, *, off_peak: bool = False) -> t
         or usage.cache_write_1h_input_tokens > usage.cache_write_input_tokens
     ):
         raise ValueError(f"inconsistent usage (breakdown exceeds its total): {usage}")
-    denominator, rates, fees = price.prices_for(usage.input_tokens, off_peak=off_peak).scaled
+    denominator, rates, fees, pro_fees = price.prices_for(
+        usage.input_tokens, off_peak=off_peak
+    ).scaled
+    if usage.pro_search and pro_fees:
+        fees = pro_fees
     input_, cached, write, write_1h, output, reasoning, citation, search = rates
     numerator = (
         uncached * input_
@@ -302,4 +321,6 @@ def _public_prices(prices: Prices) -> dict[str, Any]:
         shown[SEARCH_QUERY_FIELD] = _usd(prices.search_query, 1000)
     if prices.request_fee:
         shown[REQUEST_FEE_FIELD] = {ctx: _usd(fee, 1000) for ctx, fee in prices.request_fee}
+    if prices.pro_search_fee:
+        shown[PRO_SEARCH_FEE_FIELD] = {ctx: _usd(fee, 1000) for ctx, fee in prices.pro_search_fee}
     return shown

@@ -32,8 +32,10 @@ class RequestFacts:
     max_output_tokens: int | None  # what the client set; None = the model's maximum
     stream: bool
     wants_usage_chunk: bool  # OpenAI chat streams: the client asked for the usage chunk
-    # Perplexity: `web_search_options.search_context_size`, which picks the per-request fee.
+    # Perplexity: `web_search_options.search_context_size`, which picks the per-request fee,
+    # and `web_search_options.search_type` (fast, pro, auto: Sonar Pro's Pro Search).
     search_context: str | None = None
+    search_type: str | None = None
 
 
 def native_facts(wire: WireFormat, path: str, body: dict[str, Any] | None) -> RequestFacts:
@@ -82,8 +84,13 @@ def _facts(kind: Kind, model: object, cap: object, body: dict[str, Any]) -> Requ
     options = body.get("stream_options")
     wants = isinstance(options, dict) and options.get("include_usage") is True
     search = body.get("web_search_options")
-    context = _text(search.get("search_context_size")) if isinstance(search, dict) else None
-    return RequestFacts(kind, _text(model), _positive(cap), stream, stream and wants, context)
+    search = search if isinstance(search, dict) else {}
+    context, kind_of_search = (
+        _text(search.get(key)) for key in ("search_context_size", "search_type")
+    )
+    return RequestFacts(
+        kind, _text(model), _positive(cap), stream, stream and wants, context, kind_of_search
+    )
 
 
 def _text(value: object) -> str | None:
