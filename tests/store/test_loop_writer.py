@@ -84,6 +84,24 @@ async def test_a_failing_operation_is_undone_alone(db: Path) -> None:
         writer.close()
 
 
+async def test_a_cancelled_caller_does_not_cancel_the_groups_commit(db: Path) -> None:
+    writer = LoopWriter(str(db), asyncio.get_running_loop())
+    try:
+        first = asyncio.create_task(writer.run(_insert("cancelled")))
+        second = asyncio.create_task(writer.run(_insert("kept")))
+        await asyncio.sleep(0)  # both ran their statements and wait for the commit
+        first.cancel()
+        assert await second == "kept"
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The cancelled caller stopped waiting; its write was in the group and is committed,
+        # as with any request whose client went away after the gateway acted on it.
+        assert _keys(db) == ["cancelled", "kept"]
+        assert writer.commits == 1
+    finally:
+        writer.close()
+
+
 async def test_a_failed_commit_fails_every_operation_of_its_group(db: Path) -> None:
     writer = LoopWriter(str(db), asyncio.get_running_loop())
 

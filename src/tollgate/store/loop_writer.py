@@ -74,7 +74,8 @@ class LoopWriter:
         self.path = path
         self.loop = loop
         self._conn: sqlite3.Connection | None = None
-        self._commit: asyncio.Future[None] | None = None  # the open group's commit, if any
+        # The open group's operations waiting for its commit (None: no group is open).
+        self._waiters: list[asyncio.Future[None]] | None = None
         self.commits = 0  # group transactions committed (observability, tests)
 
     def _connection(self) -> sqlite3.Connection:
@@ -87,7 +88,7 @@ class LoopWriter:
 
         Raises what the operation raised (its writes undone), `WriterBusy`, or the commit's
         error (every operation of that group is then undone)."""
-        commit = await self._join_group()
+        waiters = await self._join_group()
         conn = self._connection()
         conn.execute("SAVEPOINT op")
         try:
@@ -97,16 +98,20 @@ class LoopWriter:
             conn.execute("RELEASE op")
             raise
         conn.execute("RELEASE op")
-        await asyncio.shield(commit)  # a cancelled caller must not cancel the others' commit
+        # One future per operation, so a cancelled caller cancels only its own wait: the
+        # group still commits, and the others still learn the outcome.
+        done: asyncio.Future[None] = self.loop.create_future()
+        waiters.append(done)
+        await done
         return result
 
-    async def _join_group(self) -> asyncio.Future[None]:
-        if self._commit is not None:
-            return self._commit
+    async def _join_group(self) -> list[asyncio.Future[None]]:
+        if self._waiters is not None:
+            return self._waiters
         delay, waited = BUSY_RETRY_FIRST, 0.0
         while True:
-            if self._commit is not None:  # another caller opened a group while we slept
-                return self._commit
+            if self._waiters is not None:  # another caller opened a group while we slept
+                return self._waiters
             try:
                 self._connection().execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -121,28 +126,32 @@ class LoopWriter:
                 waited += delay
                 delay = min(delay * 2, BUSY_RETRY_MAX)
                 continue
-            commit: asyncio.Future[None] = self.loop.create_future()
-            self._commit = commit
+            waiters: list[asyncio.Future[None]] = []
+            self._waiters = waiters
             self.loop.call_soon(self._finish_group)
-            return commit
+            return waiters
 
     def _finish_group(self) -> None:
-        commit, self._commit = self._commit, None
-        assert commit is not None and self._conn is not None
+        waiters, self._waiters = self._waiters, None
+        assert waiters is not None and self._conn is not None
         try:
             self._conn.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             log.error("a group commit failed; its operations were undone: %s", exc)
-            commit.set_exception(exc)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
             return
         self.commits += 1
-        commit.set_result(None)
+        for waiter in waiters:
+            if not waiter.done():  # a cancelled caller's future is already done
+                waiter.set_result(None)
 
     def close(self) -> None:
         """Commit an open group (its callers are waiting for it) and close the connection."""
-        if self._commit is not None:
+        if self._waiters is not None:
             self._finish_group()
         if self._conn is not None:
             self._conn.close()
