@@ -46,7 +46,8 @@ from tollgate.providers.registry import PROVIDERS
 from tollgate.store import Store
 from tollgate.store import holds as holds_repo
 from tollgate.store import ledger as ledger_repo
-from tollgate.store.holds import AccountSnapshot, Hold
+from tollgate.store.holds import Hold
+from tollgate.store.snapshot import AccountSnapshot
 
 MODEL = "gpt-4o-mini"
 IN_FLIGHT = 4

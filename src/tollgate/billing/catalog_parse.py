@@ -51,7 +51,6 @@ from tollgate.billing.prices import (
     PeakHours,
     Prices,
     PriceTier,
-    effective,
 )
 
 REQUIRED_FIELDS = ("input", "output")
@@ -255,7 +254,7 @@ def _parse_tiers(tiers: Any, base: Prices, factor: Fraction, fail: Fail) -> tupl
             if tier.get(name) is not None
         }
         prices = replace(previous, **changes)
-        lower, higher = effective(previous), effective(prices)
+        lower, higher = previous.effective(), prices.effective()
         for name in lower:  # a bigger prompt must never be cheaper per token
             if higher[name] < lower[name]:
                 raise fail(f"{where}.{name}", "cheaper than the tier below it")

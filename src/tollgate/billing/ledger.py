@@ -61,8 +61,9 @@ from tollgate.store import holds as holds_repo
 from tollgate.store import holds_sqlite
 from tollgate.store import limits as limits_repo
 from tollgate.store.engine import Store
-from tollgate.store.holds import AccountSnapshot, EntryRow, Hold, Settlement
+from tollgate.store.holds import Hold, Settlement
 from tollgate.store.ledger import AccountMissing
+from tollgate.store.snapshot import AccountSnapshot, EntryRow, account_snapshot
 
 __all__ = [
     "DEFAULT_HOLD_TTL",
@@ -368,7 +369,7 @@ async def check_invariants(
     no longer exists. Every other check is unchanged: the entries still sum to the balance."""
     own = account_key(account_id)
     gateway_prefix = f"gateway:{account_id}:"
-    snapshot = await holds_repo.account_snapshot(store, account_id, [own, gateway_prefix])
+    snapshot = await account_snapshot(store, account_id, [own, gateway_prefix])
     stored = {ref: n for ref, n in snapshot.buckets.items() if belongs_to(ref[0], account_id)}
     problems = _ledger_problems(snapshot, pruned_before)
     expected = _expected_buckets(snapshot)

@@ -65,8 +65,15 @@ SEARCH_CONTEXTS = ("low", "medium", "high")
 # Off-peak token prices (USD per million tokens) and the peak windows they depend on.
 OFF_PEAK_FIELDS = ("off_peak_input", "off_peak_output", "off_peak_cached_input")
 PEAK_HOURS_FIELD = "peak_hours_utc"  # {"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00"]}
-# Shown in the public pricing of every model (null when not applicable); the others only when set.
-PUBLIC_TOKEN_FIELDS = TOKEN_FIELDS[:-1]
+# Shown in the public pricing of every model (null when not applicable); `citation` only when set.
+PUBLIC_TOKEN_FIELDS = (
+    "input",
+    "output",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "reasoning",
+)
 
 
 class CatalogError(ValueError):
@@ -96,19 +103,23 @@ class Prices:
         init=False, repr=False, compare=False
     )
 
-    def __post_init__(self) -> None:
-        zero = Fraction(0)
+    def effective(self) -> dict[str, Fraction]:
+        """The per-token price each usage category actually pays (the fallbacks of the cost
+        formula applied): what a cost multiplies, and what tiers are compared by."""
         write = _or(self.cache_write, self.input)
-        rates = (
-            self.input,
-            _or(self.cached_input, self.input),
-            write,
-            _or(self.cache_write_1h, write),
-            self.output,
-            _or(self.reasoning, self.output),
-            _or(self.citation, zero),
-            _or(self.search_query, zero),
-        )
+        return {
+            "input": self.input,
+            "cached_input": _or(self.cached_input, self.input),
+            "cache_write": write,
+            "cache_write_1h": _or(self.cache_write_1h, write),
+            "output": self.output,
+            "reasoning": _or(self.reasoning, self.output),
+            "citation": _or(self.citation, Fraction(0)),
+        }
+
+    def __post_init__(self) -> None:
+        # In `scaled_cost`'s order: the token rates, then the search query fee.
+        rates = (*self.effective().values(), _or(self.search_query, Fraction(0)))
         fees, pro = dict(self.request_fee), dict(self.pro_search_fee)
         every = (*rates, *fees.values(), *pro.values())
         denominator = math.lcm(*(rate.denominator for rate in every))
@@ -286,19 +297,6 @@ def scaled_cost(price: ModelPrice, usage: Usage, *, off_peak: bool = False) -> t
 
 def _or(value: Fraction | None, default: Fraction) -> Fraction:
     return default if value is None else value
-
-
-def effective(p: Prices) -> dict[str, Fraction]:
-    """The per-token price each usage category actually pays (fallbacks applied)."""
-    return {
-        "input": p.input,
-        "output": p.output,
-        "cached_input": _or(p.cached_input, p.input),
-        "cache_write": _or(p.cache_write, p.input),
-        "cache_write_1h": _or(p.cache_write_1h, _or(p.cache_write, p.input)),
-        "reasoning": _or(p.reasoning, p.output),
-        "citation": _or(p.citation, Fraction(0)),
-    }
 
 
 def _usd(nanos: Fraction, per: int) -> float:

@@ -17,7 +17,7 @@ from tollgate.billing.requests import RequestFacts
 from tollgate.canonical import Usage
 from tollgate.money import header_dollars
 from tollgate.providers.base import ProviderAdapter, UsageObserver
-from tollgate.providers.openai import ResponsesUsageObserver, responses_usage
+from tollgate.providers.openai import responses_usage, responses_usage_observer
 from tollgate.store.holds import Settlement
 
 
@@ -35,7 +35,7 @@ class UsageWatch:
         self.admission = admission
         self.facts = facts
         self.observer: UsageObserver = (
-            ResponsesUsageObserver()
+            responses_usage_observer()
             if facts.kind == "responses"
             else adapter.observe_stream_usage()
         )

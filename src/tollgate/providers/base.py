@@ -15,7 +15,7 @@ canonical values. It does no I/O, reads no settings, takes no logger and never s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -223,6 +223,28 @@ class SSEStreamParser:
 
     def on_close(self) -> list[StreamEvent]:
         raise NotImplementedError
+
+
+class LastValueUsageObserver:
+    """Pass-through usage: the last non-null `key` object in the raw stream, converted by
+    `convert` (for providers whose every usage object is cumulative: OpenAI chat and Responses,
+    Gemini). Works on SSE and JSON-array streams alike: it scans bytes, not events."""
+
+    __slots__ = ("_convert", "_last", "_scanner")
+
+    def __init__(self, key: str, convert: Callable[[JSON], Usage]) -> None:
+        self._scanner = JSONValueScanner(key)
+        self._convert = convert
+        self._last: JSON | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        found = self._scanner.feed(chunk)
+        if found:
+            self._last = found[-1]
+
+    @property
+    def usage(self) -> Usage | None:
+        return None if self._last is None else self._convert(self._last)
 
 
 class JSONValueScanner:

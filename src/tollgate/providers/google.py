@@ -78,7 +78,7 @@ from tollgate.errors import InvalidRequest
 from tollgate.providers.base import (
     JSON,
     TRUNCATED_MESSAGE,
-    JSONValueScanner,
+    LastValueUsageObserver,
     NeedsFetch,
     ProviderAdapter,
     SSEStreamParser,
@@ -196,8 +196,8 @@ class GoogleAdapter:
     def usage_from_response(self, response: Mapping[str, Any]) -> Usage:
         return usage_from_response(response)
 
-    def observe_stream_usage(self) -> GoogleUsageObserver:
-        return GoogleUsageObserver()
+    def observe_stream_usage(self) -> LastValueUsageObserver:
+        return google_usage_observer()
 
 
 # Typed as the Protocol so mypy proves the class satisfies the adapter contract.
@@ -430,24 +430,9 @@ class GoogleStreamParser(SSEStreamParser):
         return [Finish(_finish(self._reason, self._called))]
 
 
-class GoogleUsageObserver:
-    """Pass-through usage: the last `usageMetadata` object (each one is cumulative).
-
-    Works on `alt=sse` streams and on the JSON-array stream alike, because it looks for the
-    key in raw bytes rather than at SSE lines.
-    """
-
-    __slots__ = ("_last", "_scanner")
-
-    def __init__(self) -> None:
-        self._scanner = JSONValueScanner("usageMetadata")
-        self._last: JSON | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        found = self._scanner.feed(chunk)
-        if found:
-            self._last = found[-1]
-
-    @property
-    def usage(self) -> Usage | None:
-        return None if self._last is None else usage_from_response({"usageMetadata": self._last})
+def google_usage_observer() -> LastValueUsageObserver:
+    """Pass-through usage: the last `usageMetadata` object (each one is cumulative), on
+    `alt=sse` streams and on the JSON-array stream alike."""
+    return LastValueUsageObserver(
+        "usageMetadata", lambda meta: usage_from_response({"usageMetadata": meta})
+    )

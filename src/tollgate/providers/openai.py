@@ -69,7 +69,7 @@ from tollgate.errors import InvalidRequest
 from tollgate.providers.base import (
     JSON,
     TRUNCATED_MESSAGE,
-    JSONValueScanner,
+    LastValueUsageObserver,
     ProviderAdapter,
     SSEStreamParser,
     UpstreamCall,
@@ -139,23 +139,9 @@ def responses_usage(usage: Mapping[str, Any]) -> Usage:
     )
 
 
-class ResponsesUsageObserver:
+def responses_usage_observer() -> LastValueUsageObserver:
     """Pass-through usage for Responses API streams: the `usage` inside `response.completed`."""
-
-    __slots__ = ("_last", "_scanner")
-
-    def __init__(self) -> None:
-        self._scanner = JSONValueScanner("usage")
-        self._last: JSON | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        found = self._scanner.feed(chunk)
-        if found:
-            self._last = found[-1]
-
-    @property
-    def usage(self) -> Usage | None:
-        return None if self._last is None else responses_usage(self._last)
+    return LastValueUsageObserver("usage", responses_usage)
 
 
 class OpenAIChatAdapter:
@@ -242,8 +228,8 @@ class OpenAIChatAdapter:
     def usage_from_response(self, response: Mapping[str, Any]) -> Usage:
         return usage_from_response(response)
 
-    def observe_stream_usage(self) -> OpenAIUsageObserver:
-        return OpenAIUsageObserver()
+    def observe_stream_usage(self) -> LastValueUsageObserver:
+        return chat_usage_observer()
 
 
 # Typed as the Protocol so mypy proves the class satisfies the adapter contract.
@@ -463,20 +449,6 @@ class OpenAIStreamParser(SSEStreamParser):
         return [StreamError(TRUNCATED_MESSAGE)]
 
 
-class OpenAIUsageObserver:
+def chat_usage_observer() -> LastValueUsageObserver:
     """Pass-through usage: the last non-null top-level `usage` object in the stream."""
-
-    __slots__ = ("_last", "_scanner")
-
-    def __init__(self) -> None:
-        self._scanner = JSONValueScanner("usage")
-        self._last: JSON | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        found = self._scanner.feed(chunk)
-        if found:
-            self._last = found[-1]
-
-    @property
-    def usage(self) -> Usage | None:
-        return None if self._last is None else usage_from_response({"usage": self._last})
+    return LastValueUsageObserver("usage", lambda usage: usage_from_response({"usage": usage}))

@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,7 +46,7 @@ from tollgate.store.engine import Store
 from tollgate.store.ledger import AccountMissing
 from tollgate.store.limits import LimitCheck, add_to_buckets, admit_limits
 from tollgate.store.schema import accounts, ledger_entries
-from tollgate.store.schema_billing import holds, spend_buckets
+from tollgate.store.schema_billing import holds
 
 NOTE_MAX = 500
 
@@ -158,7 +158,8 @@ def _refs(text: str) -> tuple[tuple[str, int], ...]:
     return tuple((key, start) for key, start in orjson.loads(text))
 
 
-def _hold(row: Any) -> Hold:
+def hold_of_row(row: Any) -> Hold:
+    """A `holds` row as a `Hold`."""
     values = {name: row._mapping[name] for name in Hold.__dataclass_fields__}
     values.update(uses_credits=bool(row.uses_credits), buckets=_refs(row.buckets))
     return Hold(**values)
@@ -367,7 +368,7 @@ async def mark_forwarded(store: Store, hold_id: str, at: datetime) -> Hold:
             row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
     if row is None:
         raise HoldMissing(hold_id)
-    return _hold(row)
+    return hold_of_row(row)
 
 
 async def extend_hold(store: Store, hold_id: str, expires_at: datetime) -> Hold:
@@ -381,7 +382,7 @@ async def extend_hold(store: Store, hold_id: str, expires_at: datetime) -> Hold:
         row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
     if row is None:
         raise HoldMissing(hold_id)
-    return _hold(row)
+    return hold_of_row(row)
 
 
 async def extend_holds(store: Store, hold_ids: Sequence[str], expires_at: datetime) -> int:
@@ -400,13 +401,13 @@ async def extend_holds(store: Store, hold_ids: Sequence[str], expires_at: dateti
 async def get_hold(store: Store, hold_id: str) -> Hold | None:
     async with store.read() as conn:
         row = (await conn.execute(select(holds).where(holds.c.id == hold_id))).first()
-    return _hold(row) if row else None
+    return hold_of_row(row) if row else None
 
 
 async def get_hold_by_request(store: Store, request_id: str) -> Hold | None:
     async with store.read() as conn:
         row = (await conn.execute(select(holds).where(holds.c.request_id == request_id))).first()
-    return _hold(row) if row else None
+    return hold_of_row(row) if row else None
 
 
 async def open_holds(store: Store, *, expired_by: datetime | None, limit: int) -> list[Hold]:
@@ -416,7 +417,7 @@ async def open_holds(store: Store, *, expired_by: datetime | None, limit: int) -
         query = query.where(holds.c.expires_at <= expired_by)
     async with store.read() as conn:
         rows = await conn.execute(query.order_by(holds.c.expires_at, holds.c.id).limit(limit))
-        return [_hold(r) for r in rows]
+        return [hold_of_row(r) for r in rows]
 
 
 async def available_nanos(store: Store, account_id: str) -> int:
@@ -432,73 +433,3 @@ async def available_nanos(store: Store, account_id: str) -> int:
     if row is None:
         raise AccountMissing(account_id)
     return int(row[0])
-
-
-@dataclass(frozen=True, slots=True)
-class EntryRow:
-    id: str
-    kind: str
-    amount_nanos: int
-    balance_after_nanos: int
-    reference: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class AccountSnapshot:
-    """Everything the ledger invariants are checked on, read in one consistent snapshot."""
-
-    balance_nanos: int
-    held_nanos: int
-    entries: tuple[EntryRow, ...]  # in seq order
-    holds: tuple[Hold, ...]
-    resolutions: dict[str, Settlement]  # hold id -> result, for resolved holds
-    buckets: dict[tuple[str, int], int]  # every bucket of the given key prefixes
-
-
-async def account_snapshot(
-    store: Store, account_id: str, key_prefixes: Sequence[str]
-) -> AccountSnapshot:
-    async with store.read() as conn:
-        if store.dialect == "postgresql":
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        account = (
-            await conn.execute(
-                select(accounts.c.balance_nanos, accounts.c.held_nanos).where(
-                    accounts.c.id == account_id
-                )
-            )
-        ).first()
-        if account is None:
-            raise AccountMissing(account_id)
-        entry_rows = await conn.execute(
-            select(ledger_entries)
-            .where(ledger_entries.c.account_id == account_id)
-            .order_by(ledger_entries.c.seq)
-        )
-        entries = tuple(
-            EntryRow(r.id, r.kind, r.amount_nanos, r.balance_after_nanos, r.reference, r.created_at)
-            for r in entry_rows
-        )
-        hold_rows = list(await conn.execute(select(holds).where(holds.c.account_id == account_id)))
-        buckets: dict[tuple[str, int], int] = {}
-        if key_prefixes:
-            bucket_rows = await conn.execute(
-                select(spend_buckets).where(
-                    or_(
-                        *(
-                            spend_buckets.c.limit_key.startswith(p, autoescape=True)
-                            for p in key_prefixes
-                        )
-                    )
-                )
-            )
-            buckets = {(r.limit_key, r.bucket_start): r.amount_nanos for r in bucket_rows}
-    return AccountSnapshot(
-        balance_nanos=account.balance_nanos,
-        held_nanos=account.held_nanos,
-        entries=entries,
-        holds=tuple(_hold(r) for r in hold_rows),
-        resolutions={r.id: settlement_of(r, replayed=True) for r in hold_rows if r.state != "open"},
-        buckets=buckets,
-    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -96,7 +96,11 @@ def _fields(cls: Any, row: Any) -> Any:
     return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
 
-async def _first(store: Store, cls: Any, table: Table, *where: Any) -> Any:
+Record = TypeVar("Record")
+
+
+async def _first(store: Store, cls: type[Record], table: Table, *where: Any) -> Record | None:
+    """The first row matching `where`, as a `cls` (a dataclass of the table's columns)."""
     async with store.read() as conn:
         row = (await conn.execute(select(table).where(*where))).first()
     return _fields(cls, row) if row else None
@@ -106,10 +110,9 @@ async def _first(store: Store, cls: Any, table: Table, *where: Any) -> Any:
 
 
 async def get_profile(store: Store, account_id: str) -> PaymentProfile | None:
-    found: PaymentProfile | None = await _first(
+    return await _first(
         store, PaymentProfile, payment_profiles, payment_profiles.c.account_id == account_id
     )
-    return found
 
 
 async def save_profile(
@@ -184,15 +187,11 @@ async def claim_topup(store: Store, *, now: datetime, **values: Any) -> tuple[To
 
 
 async def get_topup(store: Store, topup_id: str) -> TopUpRecord | None:
-    found: TopUpRecord | None = await _first(store, TopUpRecord, topups, topups.c.id == topup_id)
-    return found
+    return await _first(store, TopUpRecord, topups, topups.c.id == topup_id)
 
 
 async def find_topup_by_intent(store: Store, payment_intent_id: str) -> TopUpRecord | None:
-    found: TopUpRecord | None = await _first(
-        store, TopUpRecord, topups, topups.c.payment_intent_id == payment_intent_id
-    )
-    return found
+    return await _first(store, TopUpRecord, topups, topups.c.payment_intent_id == payment_intent_id)
 
 
 async def record_charge(
@@ -276,10 +275,9 @@ async def auto_topup_cents(store: Store, account_id: str, since: datetime, until
 
 
 async def get_auto_config(store: Store, account_id: str) -> AutoTopUpConfig | None:
-    found: AutoTopUpConfig | None = await _first(
+    return await _first(
         store, AutoTopUpConfig, auto_topup_configs, auto_topup_configs.c.account_id == account_id
     )
-    return found
 
 
 async def put_auto_config(
