@@ -48,24 +48,8 @@ from tollgate.money import round_half_up
 
 NANOS_PER_TOKEN_PER_USD_PER_MTOK = 1000  # $1 / 1e6 tokens = 1e9 nanos / 1e6 tokens
 NANOS_PER_UNIT_PER_USD_PER_K = 1_000_000  # $1 / 1000 units = 1e9 nanos / 1e3 units
-# Billed per token, in USD per million tokens (``citation``: Perplexity citation tokens).
-TOKEN_FIELDS = (
-    "input",
-    "output",
-    "cached_input",
-    "cache_write",
-    "cache_write_1h",
-    "reasoning",
-    "citation",
-)
-SEARCH_QUERY_FIELD = "search_queries_per_1k"  # USD per 1,000 searches the model ran
-REQUEST_FEE_FIELD = "request_fee_per_1k"  # {"low": USD per 1,000 requests, "medium", "high"}
-PRO_SEARCH_FEE_FIELD = "pro_search_request_fee_per_1k"  # the same, for Sonar Pro's Pro Search
-SEARCH_CONTEXTS = ("low", "medium", "high")
-# Off-peak token prices (USD per million tokens) and the peak windows they depend on.
-OFF_PEAK_FIELDS = ("off_peak_input", "off_peak_output", "off_peak_cached_input")
-PEAK_HOURS_FIELD = "peak_hours_utc"  # {"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00"]}
-# Shown in the public pricing of every model (null when not applicable); `citation` only when set.
+# Billed per token, in USD per million tokens. The first six are shown in every model's public
+# pricing (null when not applicable); ``citation`` (Perplexity citation tokens) only when set.
 PUBLIC_TOKEN_FIELDS = (
     "input",
     "output",
@@ -74,6 +58,14 @@ PUBLIC_TOKEN_FIELDS = (
     "cache_write_1h",
     "reasoning",
 )
+TOKEN_FIELDS = (*PUBLIC_TOKEN_FIELDS, "citation")
+SEARCH_QUERY_FIELD = "search_queries_per_1k"  # USD per 1,000 searches the model ran
+REQUEST_FEE_FIELD = "request_fee_per_1k"  # {"low": USD per 1,000 requests, "medium", "high"}
+PRO_SEARCH_FEE_FIELD = "pro_search_request_fee_per_1k"  # the same, for Sonar Pro's Pro Search
+SEARCH_CONTEXTS = ("low", "medium", "high")
+# Off-peak token prices (USD per million tokens) and the peak windows they depend on.
+OFF_PEAK_FIELDS = ("off_peak_input", "off_peak_output", "off_peak_cached_input")
+PEAK_HOURS_FIELD = "peak_hours_utc"  # {"days": "mon-fri" | "mon-sun", "windows": ["01:00-04:00"]}
 
 
 class CatalogError(ValueError):
