@@ -20,6 +20,7 @@ from tollgate.billing.requests import native_facts
 from tollgate.billing.watch import UsageWatch
 from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
 from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
+from tollgate.features.context import RequestContext
 from tollgate.providers.registry import PROVIDERS
 from tollgate.relay import relay, send_upstream
 from tollgate.services import Services
@@ -45,6 +46,7 @@ class NativeRequest:
     query: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    ctx: RequestContext
 
 
 async def proxy_native(

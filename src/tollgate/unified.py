@@ -33,6 +33,7 @@ from tollgate.embeddings import (
     openai_embeddings_from_gemini,
 )
 from tollgate.errors import GatewayError, InvalidRequest, NotFound
+from tollgate.features.context import RequestContext
 from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
     CUSTOM_PREFIX,
@@ -70,6 +71,7 @@ class UnifiedRequest:
     # /compat takes the client's provider key in Authorization; the REST surface's
     # Authorization is the tollgate token, so there the managed key always pays.
     surface: Literal["compat", "rest"]
+    ctx: RequestContext
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from tollgate.ai_run import EnvelopeSend, run_body_as_chat
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.features.context import RequestContext
 from tollgate.ids import ACCOUNT_ID, CUSTOM_PROVIDER, GATEWAY_ID
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
@@ -53,10 +54,13 @@ class DataPlane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`/v1/{account_id}/{gateway_id}/{provider or compat}/{path}`."""
         wire = "openai"
+        extra = self.extra_headers
         try:
             route = parse_route(scope)
+            ctx = RequestContext(route.account_id, route.gateway_id)
+            extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
             if route.provider == COMPAT:
-                await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat")
+                await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat", ctx)
                 return
             wire = PROVIDERS[route.provider].wire if route.provider in PROVIDERS else "openai"
             body = await read_body(scope, receive, self.max_body)
@@ -69,21 +73,23 @@ class DataPlane:
                 query=scope["query_string"],
                 headers=scope["headers"],
                 body=body,
+                ctx=ctx,
             )
-            await proxy_native(
-                self.services, self.upstream, request, receive, send, self.extra_headers
-            )
+            await proxy_native(self.services, self.upstream, request, receive, send, extra)
         except GatewayError as error:
-            await send_error(send, error, wire, self.extra_headers)
+            await send_error(send, error, wire, extra)
 
     async def rest(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`/client/v4/accounts/{account_id}/ai/{path}`: the gateway comes from a header."""
         wire = "anthropic" if scope["path"].endswith("/ai/v1/messages") else "openai"
+        extra = self.extra_headers
         try:
             route = parse_rest_route(scope)
-            await self._unified(scope, receive, send, route, REST_FORMATS, "rest")
+            ctx = RequestContext(route.account_id, route.gateway_id)
+            extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
+            await self._unified(scope, receive, send, route, REST_FORMATS, "rest", ctx)
         except GatewayError as error:
-            await send_error(send, error, wire, self.extra_headers)
+            await send_error(send, error, wire, extra)
 
     async def _unified(
         self,
@@ -93,7 +99,9 @@ class DataPlane:
         route: _Route,
         formats: dict[str, ClientFormat],
         surface: Literal["compat", "rest"],
+        ctx: RequestContext,
     ) -> None:
+        extra = [*self.extra_headers, (b"cf-aig-log-id", ctx.log_id.encode())]
         client = formats.get(route.path)
         if surface == "compat" and route.path == "models" and scope["method"] == "GET":
             request = UnifiedRequest(
@@ -105,8 +113,9 @@ class DataPlane:
                 b"",
                 OPENAI_CHAT,
                 surface,
+                ctx,
             )
-            await list_models(self.services, request, send, self.extra_headers)
+            await list_models(self.services, request, send, extra)
             return
         if client is None or scope["method"] != "POST":
             known = ", ".join(f"POST {path}" for path in formats)
@@ -127,9 +136,10 @@ class DataPlane:
             body=body,
             client=client,
             surface=surface,
+            ctx=ctx,
         )
         handler = _HANDLERS.get(route.path, proxy_unified)
-        await handler(self.services, self.upstream, request, receive, send, self.extra_headers)
+        await handler(self.services, self.upstream, request, receive, send, extra)
 
 
 COMPAT = "compat"

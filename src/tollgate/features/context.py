@@ -1,0 +1,41 @@
+"""What the gateway learns about one data-plane request while serving it.
+
+`DataPlane` creates one `RequestContext` per request and hands it down with the request; each
+feature fills in its part (the credential source, whether ZDR applied, the cache status, the
+retry step, usage and cost). The log record is built from it when the response is done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tollgate.store._util import ordered_id
+
+CredentialSource = Literal["unified", "byok", "stored"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    account_id: str
+    gateway_id: str
+    # The log id, sent as `cf-aig-log-id` on every response, also for refused requests.
+    log_id: str = field(default_factory=ordered_id)
+    started: float = field(default_factory=time.monotonic)
+    provider: str | None = None
+    model: str | None = None
+    credential_source: CredentialSource | None = None
+    zdr: bool = False
+    cached: bool = False
+    step: int | None = None  # the Universal step that answered
+    event_id: str | None = None
+    metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_nanos: int | None = None
+    cost_estimated: bool = False
+    custom_cost: bool = False
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
