@@ -15,6 +15,7 @@ import orjson
 from tollgate.billing.meter import Admission
 from tollgate.billing.requests import RequestFacts, with_output_cap, with_usage_requested
 from tollgate.billing.watch import UsageWatch
+from tollgate.features.context import RequestContext
 from tollgate.providers.registry import ProviderRow
 from tollgate.providers.select import adapter_for
 from tollgate.services import Services
@@ -39,6 +40,7 @@ async def admit(
     parsed: dict[str, object] | None,
     body: bytes,
     unified: bool,
+    ctx: RequestContext,
 ) -> Admitted:
     admission = await services.meter.admit(
         account_id=account_id,
@@ -47,6 +49,7 @@ async def admit(
         facts=facts,
         body=body,
         unified=unified,
+        ctx=ctx,
     )
     if not admission.metered:
         return Admitted(admission, None, body, [])

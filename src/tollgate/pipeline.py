@@ -80,6 +80,7 @@ async def proxy_native(
             parsed=parsed,
             body=request.body,
             unified=not inbound.provider_key,
+            ctx=request.ctx,
         )
         watch, body = admitted.watch, admitted.body
         extra_headers = extra_headers + admitted.headers

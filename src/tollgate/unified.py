@@ -87,6 +87,7 @@ class Routed:
     account_id: str
     gateway: GatewayRecord
     unified: bool  # the operator's managed key pays (Unified Billing)
+    ctx: RequestContext
 
 
 async def route_request(
@@ -112,7 +113,16 @@ async def route_request(
     auth = upstream_auth(row, target, key)
     assert target is not None  # upstream_auth refuses a provider without one
     return Routed(
-        inbound, payload, row, model, target, auth, request.account_id, gateway, key is None
+        inbound,
+        payload,
+        row,
+        model,
+        target,
+        auth,
+        request.account_id,
+        gateway,
+        key is None,
+        request.ctx,
     )
 
 
@@ -137,7 +147,9 @@ async def _custom_route(
     key = client_key(inbound, request.surface)
     auth = [("authorization", f"Bearer {key}")] if key else list(provider.headers)
     target = UpstreamTarget(row.slug, provider.base_url, None)
-    return Routed(inbound, payload, row, model, target, auth, request.account_id, gateway, False)
+    return Routed(
+        inbound, payload, row, model, target, auth, request.account_id, gateway, False, request.ctx
+    )
 
 
 async def relay_as_is(
@@ -161,6 +173,7 @@ async def relay_as_is(
         parsed=routed.payload,
         body=orjson.dumps(routed.payload),
         unified=routed.unified,
+        ctx=routed.ctx,
     )
     headers = [(k, v) for k, v in routed.inbound.headers if k not in _KEY_HEADERS]
     response = await send_upstream(
@@ -205,6 +218,7 @@ async def proxy_unified(
         facts=facts,
         body=request.body,
         unified=routed.unified,
+        ctx=routed.ctx,
     )
     if admission.capped_tokens is not None:
         chat = dataclasses.replace(chat, max_tokens=admission.capped_tokens)
@@ -308,6 +322,7 @@ async def proxy_embeddings(
         facts=facts,
         body=request.body,
         unified=routed.unified,
+        ctx=routed.ctx,
     )
     chat = ChatRequest(model=routed.model, messages=())
     translated = Translated(

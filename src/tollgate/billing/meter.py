@@ -43,6 +43,7 @@ from tollgate.billing.requests import RequestFacts, estimate_prompt_tokens
 from tollgate.cache import RefreshingCache
 from tollgate.canonical import Usage
 from tollgate.errors import InsufficientBalance, InvalidRequest
+from tollgate.features.context import RequestContext
 from tollgate.store import GatewayRecord, Store
 from tollgate.store import limits as limits_repo
 from tollgate.store._util import ordered_id
@@ -71,6 +72,9 @@ class Admission:
     # the request's, else "low" (Perplexity's default); a response that reports one wins.
     search_context: str | None = None
     pro_search: bool = False  # the fee is Sonar Pro's "Pro Search" one
+    # The request's context: its metadata feeds the spend rules; the settlement's usage and
+    # cost are written back into it for the request's log.
+    ctx: RequestContext | None = None
 
     @property
     def metered(self) -> bool:
@@ -113,6 +117,7 @@ class Meter:
         body: bytes,
         unified: bool,
         metadata: dict[str, Any] | None = None,
+        ctx: RequestContext | None = None,
     ) -> Admission:
         """Hold the request's upper-bound cost, or refuse it. Nothing is forwarded before this."""
         if facts.kind == "free" or (facts.kind == "unknown" and not unified):
@@ -141,7 +146,7 @@ class Meter:
             spend_limits=gateway.config.get("spend_limits"),
             model=price.model,
             provider=price.provider,
-            metadata=metadata,
+            metadata=ctx.metadata if metadata is None and ctx is not None else metadata,
             unified_billing=unified,
         )
         if not unified and not limits:
@@ -170,6 +175,7 @@ class Meter:
             unified,
             prompt.search_context,
             prompt.pro_search,
+            ctx,
         )
 
     async def _hold(
@@ -249,6 +255,8 @@ class Meter:
             estimated=estimated,
             note=_note(price, usage, estimated, off_peak),
         )
+        if admission.ctx is not None:
+            admission.ctx.record_usage(usage.input_tokens, usage.output_tokens, settlement)
         balance = settlement.balance_after_nanos
         if self.on_settled is not None and balance is not None and not settlement.replayed:
             self.on_settled(settlement.account_id, balance)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tollgate.store._util import ordered_id
+from tollgate.store.holds import Settlement
 
 CredentialSource = Literal["unified", "byok", "stored"]
 
@@ -36,6 +37,12 @@ class RequestContext:
     cost_nanos: int | None = None
     cost_estimated: bool = False
     custom_cost: bool = False
+
+    def record_usage(self, tokens_in: int, tokens_out: int, settlement: Settlement) -> None:
+        """What the meter settled: the log shows the tokens and cost that were charged."""
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
+        self.cost_nanos = settlement.charged_nanos
+        self.cost_estimated = settlement.estimated
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
