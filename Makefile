@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/tollgate serve
 
+# Two workers: the machine has two cores, and most of the suite waits on servers and databases.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -25,10 +25,13 @@ from tollgate.api.admin import admin_router
 from tollgate.api.billing import billing_router, stripe_webhook_router
 from tollgate.api.custom_providers import custom_providers_router
 from tollgate.api.dataplane import DataPlane
+from tollgate.api.logs import logs_router
 from tollgate.api.management import management_router
 from tollgate.api.models import models_router
+from tollgate.api.provider_configs import provider_configs_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
 from tollgate.billing.maintenance import Maintenance
+from tollgate.credentials import managed_targets
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tollgate.providers.registry import PROVIDERS
 from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
@@ -77,6 +80,8 @@ def _control_app(services: Services) -> FastAPI:
     control.include_router(management_router(services), prefix="/client/v4")
     control.include_router(models_router(services), prefix="/client/v4")
     control.include_router(custom_providers_router(services), prefix="/client/v4")
+    control.include_router(logs_router(services), prefix="/client/v4")
+    control.include_router(provider_configs_router(services), prefix="/client/v4")
     control.include_router(billing_router(services, services.topups), prefix="/client/v4")
     control.include_router(stripe_webhook_router(services, services.topups))
     control.include_router(admin_router(services), prefix="/admin/v1")
@@ -132,6 +137,10 @@ class TollgateApp:
         services = self.services
         await migrate(services.store)
         stack.push_async_callback(services.store.close)
+        # The request log writer: stopped after everything else, so the logs of the last
+        # requests are flushed before the store closes (features/logs.py).
+        services.logs.start()
+        stack.push_async_callback(services.logs.aclose)
         if services.settings.sandbox_mode:
             from tollgate.sim import SimServer
 
@@ -142,16 +151,12 @@ class TollgateApp:
                 for slug, row in PROVIDERS.items()
             }
         else:
-            services.providers = {
-                slug: UpstreamTarget(
-                    slug, conf.base_url, conf.api_key.get_secret_value() if conf.api_key else None
-                )
-                for slug, conf in services.settings.providers.items()
-                if conf.base_url is not None
-            }
+            services.providers = managed_targets(services.settings)
         await self.upstream.start()
         stack.push_async_callback(self.upstream.close)
         stack.push_async_callback(services.topups.aclose)
+        if services.redis is not None:  # the response cache's and rate limits' shared client
+            stack.push_async_callback(services.redis.aclose)
         await self._recover_holds()
         services.meter.start_keep_alive()  # long streams keep their holds past the TTL
         stack.push_async_callback(services.meter.stop_keep_alive)

@@ -84,6 +84,9 @@ def default_gateway_config() -> dict[str, Any]:
         "retry_delay": 0,
         "retry_backoff": "constant",
         "zdr": False,
+        # tollgate's addition: refuse (400) a ZDR request the provider has no ZDR credentials
+        # for, instead of Cloudflare's silent fallback to the standard ones.
+        "zdr_strict": False,
         "byok_only": False,
         "workers_ai_billing_mode": "postpaid",
         "spend_limits": {"enabled": False, "rules": []},
@@ -405,6 +408,7 @@ SETTINGS: dict[str, Validator] = {
     "retry_delay": integer(0, RETRY_DELAY_MAX_MS, nullable=True, unit=" of milliseconds"),
     "retry_backoff": choice("constant", "linear", "exponential", nullable=True),
     "zdr": boolean,
+    "zdr_strict": boolean,
     "byok_only": boolean,
     "workers_ai_billing_mode": choice("postpaid", "unified"),
     "spend_limits": spend_limits,

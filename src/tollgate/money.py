@@ -41,6 +41,12 @@ def from_dollars(dollars: str | Decimal | int) -> Nanos:
     return round_half_up(value * NANOS_PER_DOLLAR)
 
 
+def exact_nanos(dollars: Decimal) -> Fraction:
+    """An exact dollar rate (a price per token) as unrounded nano-dollars: a cost multiplies it
+    by a count first and is then rounded once, by `round_half_up`."""
+    return Fraction(dollars) * NANOS_PER_DOLLAR
+
+
 def to_dollars(nanos: Nanos) -> Decimal:
     """Exact dollars as a Decimal (nine decimal places at most)."""
     return Decimal(nanos) / NANOS_PER_DOLLAR

@@ -1,6 +1,7 @@
 """The request lifecycle for provider-native endpoints, as a short function of named steps.
 
-    authenticate -> validate body -> resolve gateway -> choose credentials -> forward -> relay
+    authenticate -> validate body -> resolve gateway -> rate limit -> cache lookup (a hit is
+        replayed here) -> choose credentials -> forward -> relay (a miss is stored)
 
 Each step raises a `GatewayError` to refuse; nothing reaches the upstream or the database before
 every check that can refuse has passed.
@@ -18,10 +19,21 @@ from tollgate.admission import admit
 from tollgate.api.auth import Principal, authorize
 from tollgate.billing.requests import native_facts
 from tollgate.billing.watch import UsageWatch
-from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
+from tollgate.credentials import (
+    Chosen,
+    CredentialOptions,
+    InboundCredentials,
+    choose_upstream,
+    credential_options,
+    split_credentials,
+    zdr_response_header,
+)
 from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
-from tollgate.providers.registry import PROVIDERS
+from tollgate.features.logs import native_model
+from tollgate.features.response_cache import cache_options, key_parts
+from tollgate.features.retry import fall_back, read_retry_headers, retry_policy
+from tollgate.providers.registry import PROVIDERS, ProviderRow
 from tollgate.relay import relay, send_upstream
 from tollgate.services import Services
 from tollgate.store import GatewayRecord
@@ -47,6 +59,9 @@ class NativeRequest:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     ctx: RequestContext
+    # A Universal step with a later step to fall back to: an upstream error answer is not
+    # relayed but raised as `FallbackNeeded` (its hold released), so the next step answers.
+    fallback: bool = False
 
 
 async def proxy_native(
@@ -60,17 +75,30 @@ async def proxy_native(
     inbound = split_credentials(request.headers, request.query)
     principal = await authenticate(services, request.account_id, inbound)
     parsed = validate_body(request)
+    request.ctx.provider, request.ctx.model = request.provider, native_model(request.path, parsed)
+    options = credential_options(request.headers)
+    retry = read_retry_headers(request.headers)
+    caching = cache_options(request.headers)
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
+    request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
+    if not request.ctx.step:  # a Universal fallback step is the same request: counted once
+        await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
+    cache = await services.response_cache.open(
+        caching, gateway, request.method, native_cache_parts(request, inbound)
+    )
+    if await cache.served(send, extra_headers, request.ctx):
+        return  # a hit: no hold, no ledger entry, no upstream call
+    send, extra_headers = cache.capture(send), extra_headers + cache.headers
     watch: UsageWatch | None = None
     body = request.body
     if request.provider.startswith(CUSTOM_PREFIX):
         base_url, headers = await custom_provider_target(services, request, inbound)
     else:
-        headers = choose_credentials(services, request.provider, inbound)
-        base_url = services.providers[request.provider].base_url
         row = PROVIDERS[request.provider]
+        chosen = await choose_credentials(services, request, gateway, row, inbound, options)
+        headers, base_url = [*inbound.headers, *chosen.auth], chosen.base_url
         admitted = await admit(
             services,
             account_id=request.account_id,
@@ -79,21 +107,25 @@ async def proxy_native(
             facts=native_facts(row.wire, request.path, parsed),
             parsed=parsed,
             body=request.body,
-            unified=not inbound.provider_key,
+            unified=chosen.unified,
             ctx=request.ctx,
         )
         watch, body = admitted.watch, admitted.body
-        extra_headers = extra_headers + admitted.headers
+        extra_headers = [*extra_headers, *admitted.headers, zdr_response_header(request.ctx)]
     url = f"{base_url}/{request.path}" + (f"?{inbound.query}" if inbound.query else "")
     response = await send_upstream(
         upstream,
         watch,
+        retry_policy(retry, gateway.config),
         provider=request.provider,
         method=request.method,
         url=url,
         headers=headers,
         body=body,
     )
+    response = cache.observe(response)
+    if request.fallback and response.status >= 400:
+        await fall_back(response, watch)
     streamed = request.path.endswith(_STREAMED_JSON_ENDPOINT)
     await relay(response, receive, send, extra_headers, stream_json=streamed, watch=watch)
 
@@ -113,6 +145,18 @@ async def authenticate(
     principal = await services.tokens.verify(inbound.token)
     authorize(principal, account_id, "run")
     return principal
+
+
+def native_cache_parts(request: NativeRequest, inbound: InboundCredentials) -> list[bytes]:
+    """What identifies a native request's answer in the response cache."""
+    return key_parts(
+        endpoint=f"native:{request.provider}/{request.path}",
+        method=request.method,
+        query=inbound.query,
+        credential=inbound.provider_key_value if inbound.provider_key else None,
+        headers=request.headers,
+        body=request.body,
+    )
 
 
 def validate_body(request: NativeRequest) -> dict[str, object] | None:
@@ -185,11 +229,16 @@ async def custom_provider_target(
     return provider.base_url, inbound.headers + [h for h in provider.headers if h[0] not in sent]
 
 
-def choose_credentials(
-    services: Services, provider: str, inbound: InboundCredentials
-) -> list[tuple[str, str]]:
-    """The client's own provider key passes through; otherwise the managed key is injected."""
-    target = services.providers.get(provider)
-    if inbound.provider_key:
-        return inbound.headers
-    return [*inbound.headers, *upstream_auth(PROVIDERS[provider], target)]
+async def choose_credentials(
+    services: Services,
+    request: NativeRequest,
+    gateway: GatewayRecord,
+    row: ProviderRow,
+    inbound: InboundCredentials,
+    options: CredentialOptions,
+) -> Chosen:
+    """The client's own provider key passes through as sent (BYOK); otherwise the gateway's
+    stored key or the operator's managed key is added (`tollgate.credentials`)."""
+    return await choose_upstream(
+        services, request.ctx, gateway, row, options, byok=inbound.provider_key
+    )

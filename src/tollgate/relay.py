@@ -19,6 +19,7 @@ from starlette.types import Receive, Send
 from tollgate.billing.watch import UsageWatch, cost_headers, sse_cost_comment
 from tollgate.canonical import Usage
 from tollgate.errors import GatewayError
+from tollgate.features.retry import NO_RETRIES, RetryPolicy, send_with_retries
 from tollgate.store.holds import Settlement
 from tollgate.upstream import Upstream, UpstreamResponse, UpstreamStreamBroken
 
@@ -112,11 +113,15 @@ class Settles(Protocol):
 
 
 async def send_upstream(
-    upstream: Upstream, settler: Settles | None, **request: Any
+    upstream: Upstream,
+    settler: Settles | None,
+    policy: RetryPolicy = NO_RETRIES,
+    **request: Any,
 ) -> UpstreamResponse:
-    """`upstream.send`, releasing the request's hold when the call fails before any answer."""
+    """`upstream.send` with the request's retries and timeout (`tollgate.features.retry`),
+    releasing the request's hold when the last attempt fails before any answer."""
     try:
-        return await upstream.send(**request)
+        return await send_with_retries(upstream, policy, **request)
     except GatewayError:
         if settler is not None:
             await settler.finish(502, None)  # nothing was produced: never billed

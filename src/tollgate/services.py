@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
 from tollgate.api.auth import OperatorAuth, TokenVerifier
 from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
 from tollgate.billing.ledger import Ledger
@@ -15,6 +18,11 @@ from tollgate.billing.meter import Meter
 from tollgate.billing.payments import build_payment_provider
 from tollgate.billing.topup import TopUps
 from tollgate.custom_provider_cache import CustomProviderCache
+from tollgate.features.logs import LogWriter
+from tollgate.features.ratelimit import RateLimiter
+from tollgate.features.redis import redis_client
+from tollgate.features.response_cache import ResponseCache, build_response_cache
+from tollgate.features.stored_keys import StoredKeys
 from tollgate.gateway_cache import GatewayCache
 from tollgate.settings import Settings, SettingsError
 from tollgate.store import Store
@@ -27,6 +35,8 @@ class UpstreamTarget:
     slug: str
     base_url: str
     api_key: str | None
+    # The operator's Zero Data Retention credentials for the provider, if any (credentials.py).
+    zdr: UpstreamTarget | None = None
 
 
 @dataclass
@@ -41,9 +51,18 @@ class Services:
     ledger: Ledger
     meter: Meter
     topups: TopUps
+    stored_keys: StoredKeys
+    redis: Redis | None  # one shared client when `[redis] url` is set; closed by the lifespan
+    rate_limiter: RateLimiter
+    response_cache: ResponseCache
     # Filled in by the lifespan: in sandbox mode the simulator's address is known only then.
     providers: dict[str, UpstreamTarget] = field(default_factory=dict)
     sandbox_base_url: str | None = None
+    # The request log writer (features/logs.py); the lifespan starts it and flushes it last.
+    logs: LogWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logs = LogWriter(self.store, self.gateways, self.settings.logs)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Services:
@@ -67,6 +86,7 @@ class Services:
             fee_percent=settings.billing.purchase_fee_percent,
         )
         admin = settings.operator.admin_token
+        redis = redis_client(settings.redis)
         return cls(
             settings=settings,
             store=store,
@@ -78,4 +98,17 @@ class Services:
             ledger=ledger,
             meter=Meter(store, catalog, ledger, on_settled=topups.schedule_auto_topup),
             topups=topups,
+            stored_keys=StoredKeys(store, _secret(settings.operator.master_key)),
+            redis=redis,
+            rate_limiter=RateLimiter(redis, settings.redis.key_prefix),
+            response_cache=build_response_cache(
+                redis,
+                settings.redis.key_prefix,
+                max_entry_bytes=settings.cache.max_entry_bytes,
+                memory_max_bytes=settings.cache.memory_max_bytes,
+            ),
         )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -12,6 +12,8 @@ expected and where to set it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -66,6 +68,27 @@ class DatabaseSettings(BaseModel):
 class OperatorSettings(BaseModel):
     model_config = _FROZEN
     admin_token: SecretStr | None = None
+    # Encrypts stored provider keys (BYOK provider_configs) at rest with AES-256-GCM: 32 random
+    # bytes, base64-encoded (`openssl rand -base64 32`). Without it, no key can be stored.
+    master_key: SecretStr | None = None
+
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _master_key_bytes(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        try:
+            raw = base64.b64decode(text.strip().replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            # Never echo the value: it is a secret.
+            raise ValueError(
+                "expected 32 random bytes, base64-encoded (generate one with "
+                "`openssl rand -base64 32`)"
+            )
+        return text.strip()
 
 
 class BillingSettings(BaseModel):
@@ -91,6 +114,9 @@ class BillingSettings(BaseModel):
     # Resolved holds are kept this long (at least), then pruned; see docs/operations.md. Above
     # the account limit's 31-day window, so a hold due for pruning rarely waits on a live bucket.
     hold_retention_days: int = Field(35, ge=1)
+    # Whether a Unified Billing request may set its own price with `cf-aig-custom-cost` (then
+    # charged to its credits). Off: the header is for BYOK requests only (a 400 otherwise).
+    allow_custom_cost_unified: bool = False
 
 
 class ProviderSettings(BaseModel):
@@ -132,11 +158,51 @@ class CustomProviderSettings(BaseModel):
     allow_http: bool = False
 
 
+class LogSettings(BaseModel):
+    model_config = _FROZEN
+    # Each logged body (request and response) keeps at most this many bytes; a longer one is
+    # cut and flagged (`request_head_complete` / `response_head_complete` false).
+    body_max_bytes: int = Field(256 * 1024, ge=0, le=10 * 1024 * 1024)
+    # The writer (features/logs.py) inserts a batch every flush_interval_ms, or as soon as
+    # batch_size logs are waiting. At most max_pending wait; beyond that the oldest are dropped
+    # (and counted) rather than letting memory grow while the database is unreachable.
+    batch_size: int = Field(500, ge=1, le=10_000)
+    flush_interval_ms: int = Field(200, ge=1, le=60_000)
+    max_pending: int = Field(100_000, ge=1)
+
+
 class SandboxSettings(BaseModel):
     model_config = _FROZEN
     # None = automatic: sandbox mode exactly when no provider has a managed key.
     enabled: bool | None = None
     demo_credits_cents: int = Field(1000, ge=0)
+
+
+class RedisSettings(BaseModel):
+    model_config = _FROZEN
+    # Shared by every process when set (response cache, rate limits): "redis://host:6379/0".
+    # Unset, each process keeps its own in memory.
+    url: str | None = None
+    # Prepended to every key tollgate writes, so several gateways (or tests) can share a Redis.
+    key_prefix: str = "tollgate:"
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _redis_url(cls, url: Any) -> Any:
+        if url == "":
+            return None
+        if url is not None and not re.match(r"^(redis|rediss|unix)://", str(url)):
+            raise ValueError("expected a redis://host:port/db, rediss:// or unix:// URL")
+        return url
+
+
+class CacheSettings(BaseModel):
+    model_config = _FROZEN
+    # The largest response the response cache stores (bigger ones are relayed, not stored).
+    max_entry_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    # The in-process cache (used without [redis] url) evicts least recently used entries
+    # beyond this many bytes.
+    memory_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
 
 class Settings(BaseModel):
@@ -148,6 +214,9 @@ class Settings(BaseModel):
     upstream: UpstreamSettings = UpstreamSettings()
     sandbox: SandboxSettings = SandboxSettings()
     custom_providers: CustomProviderSettings = CustomProviderSettings()
+    logs: LogSettings = LogSettings()
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -269,6 +338,9 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
             base[key] = value
 
 
+_SECRET_SETTINGS = frozenset({"master_key"})
+
+
 def _explain(exc: ValidationError, path: Path | None) -> str:
     source = f"{path}" if path else "tollgate.toml"
     lines = ["invalid configuration:"]
@@ -278,7 +350,11 @@ def _explain(exc: ValidationError, path: Path | None) -> str:
         env_name = "TOLLGATE_" + "__".join(p.upper().replace("-", "_") for p in loc)
         got = error.get("input")
         shown = (
-            "" if isinstance(got, dict) or error["type"] == "extra_forbidden" else f" (got {got!r})"
+            ""
+            if isinstance(got, dict)
+            or error["type"] == "extra_forbidden"
+            or (loc and loc[-1] in _SECRET_SETTINGS)  # never echo a secret
+            else f" (got {got!r})"
         )
         if error["type"] == "extra_forbidden":
             message = "is not a known setting; check its spelling against docs/configuration.md"

@@ -26,7 +26,13 @@ from tollgate.billing.requests import RequestFacts, native_facts
 from tollgate.billing.watch import cost_headers
 from tollgate.canonical import ChatRequest, Usage, image_urls_to_fetch, with_fetched_images
 from tollgate.client_formats import ClientFormat
-from tollgate.credentials import InboundCredentials, split_credentials, upstream_auth
+from tollgate.credentials import (
+    InboundCredentials,
+    choose_upstream,
+    credential_options,
+    split_credentials,
+    zdr_response_header,
+)
 from tollgate.embeddings import (
     embedding_inputs,
     gemini_embeddings_call,
@@ -34,6 +40,8 @@ from tollgate.embeddings import (
 )
 from tollgate.errors import GatewayError, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
+from tollgate.features.response_cache import NO_CACHE, CacheUse, cache_options, key_parts
+from tollgate.features.retry import NO_RETRIES, RetryPolicy, read_retry_headers, retry_policy
 from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
     CUSTOM_PREFIX,
@@ -88,6 +96,8 @@ class Routed:
     gateway: GatewayRecord
     unified: bool  # the operator's managed key pays (Unified Billing)
     ctx: RequestContext
+    retry: RetryPolicy = NO_RETRIES  # set by `route_request` (tollgate.features.retry)
+    cache: CacheUse = NO_CACHE  # set by `route_request` (tollgate.features.response_cache)
 
 
 async def route_request(
@@ -102,27 +112,53 @@ async def route_request(
     principal = await authenticate(services, request.account_id, inbound)
     payload = parse_json_object(request.headers, request.body, request.path)
     row, model = route_model(payload.get("model"))
+    request.ctx.provider, request.ctx.model = row.slug, model
     check(row)
+    options = credential_options(request.headers)
+    retry = read_retry_headers(request.headers)
+    caching = cache_options(request.headers)
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
+    request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
+    await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
+    cache = await services.response_cache.open(
+        caching, gateway, "POST", unified_cache_parts(request, inbound)
+    )
     if row.slug.startswith(CUSTOM_PREFIX):
-        return await _custom_route(services, request, inbound, payload, row, model, gateway)
-    target = services.providers.get(row.slug)
+        routed = await _custom_route(services, request, inbound, payload, row, model, gateway)
+        routed.retry = retry_policy(retry, gateway.config)
+        routed.cache = cache
+        return routed
     key = client_key(inbound, request.surface)
-    auth = upstream_auth(row, target, key)
-    assert target is not None  # upstream_auth refuses a provider without one
+    chosen = await choose_upstream(
+        services, request.ctx, gateway, row, options, byok=key is not None, client_key=key
+    )
     return Routed(
         inbound,
         payload,
         row,
         model,
-        target,
-        auth,
+        UpstreamTarget(row.slug, chosen.base_url, None),  # standard or ZDR (credentials.py)
+        chosen.auth,
         request.account_id,
         gateway,
-        key is None,
+        chosen.unified,
         request.ctx,
+        retry_policy(retry, gateway.config),
+        cache,
+    )
+
+
+def unified_cache_parts(request: UnifiedRequest, inbound: InboundCredentials) -> list[bytes]:
+    """What identifies a Unified API request's answer in the response cache."""
+    return key_parts(
+        endpoint=f"{request.surface}:{request.path}",
+        method="POST",
+        query=inbound.query,
+        credential=client_key(inbound, request.surface),
+        headers=request.headers,
+        body=request.body,
     )
 
 
@@ -179,12 +215,14 @@ async def relay_as_is(
     response = await send_upstream(
         upstream,
         admitted.watch,
+        routed.retry,
         provider=routed.row.slug,
         method="POST",
         url=f"{routed.target.base_url}/{routed.row.api_prefix}{path}",
         headers=headers + routed.auth,
         body=admitted.body,
     )
+    response = routed.cache.observe(response)
     extra = extra_headers + admitted.headers
     await relay(response, receive, send, extra, watch=admitted.watch)
 
@@ -205,6 +243,10 @@ async def proxy_unified(
             parsed.append(request.client.parse_request(payload_of(request)))
 
     routed = await route_request(services, request, parse_unless_same_format)
+    extra_headers = [*extra_headers, zdr_response_header(routed.ctx)]
+    if await routed.cache.served(send, extra_headers, routed.ctx):
+        return  # a hit: no hold, no ledger entry, no upstream call
+    send, extra_headers = routed.cache.capture(send), extra_headers + routed.cache.headers
     if not parsed:
         path = _NATIVE_PATHS[routed.row.wire]
         await relay_as_is(services, upstream, routed, path, receive, send, extra_headers)
@@ -235,12 +277,14 @@ async def proxy_unified(
     response = await send_upstream(
         upstream,
         translated,
+        routed.retry,
         provider=routed.row.slug,
         method=call.method,
         url=f"{routed.target.base_url}/{routed.row.api_prefix}{call.path}{query}",
         headers=[("content-type", "application/json"), *call.headers.items(), *routed.auth],
         body=call.body,
     )
+    response = routed.cache.observe(response)
     await relay_translated(translated, response, receive, send, extra_headers)
 
 
@@ -286,6 +330,10 @@ async def proxy_responses(
             )
 
     routed = await route_request(services, request, openai_only)
+    extra_headers = [*extra_headers, zdr_response_header(routed.ctx)]
+    if await routed.cache.served(send, extra_headers, routed.ctx):
+        return
+    send, extra_headers = routed.cache.capture(send), extra_headers + routed.cache.headers
     await relay_as_is(services, upstream, routed, "responses", receive, send, extra_headers)
 
 
@@ -310,6 +358,10 @@ async def proxy_embeddings(
             embedding_inputs(payload_of(request))  # refuse bad input before the gateway step
 
     routed = await route_request(services, request, has_embeddings)
+    extra_headers = [*extra_headers, zdr_response_header(routed.ctx)]
+    if await routed.cache.served(send, extra_headers, routed.ctx):
+        return
+    send, extra_headers = routed.cache.capture(send), extra_headers + routed.cache.headers
     if routed.row.wire != "google":
         await relay_as_is(services, upstream, routed, "embeddings", receive, send, extra_headers)
         return
@@ -331,12 +383,14 @@ async def proxy_embeddings(
     response = await send_upstream(
         upstream,
         translated,
+        routed.retry,
         provider=routed.row.slug,
         method=call.method,
         url=f"{routed.target.base_url}/{call.path}",
         headers=[("content-type", "application/json"), *routed.auth],
         body=call.body,
     )
+    response = routed.cache.observe(response)
     try:
         body = await response.read()
     except GatewayError:

@@ -17,6 +17,10 @@ from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tollgate.features.context import RequestContext
+from tollgate.features.custom_cost import read_custom_cost
+from tollgate.features.logs import LogCapture
+from tollgate.features.metadata import read_event_id, read_metadata
+from tollgate.features.universal import proxy_universal
 from tollgate.ids import ACCOUNT_ID, CUSTOM_PROVIDER, GATEWAY_ID
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
@@ -46,6 +50,8 @@ class DataPlane:
         self.services = services
         self.upstream = upstream
         self.max_body = services.settings.server.max_body_bytes
+        self.allow_custom_cost_unified = services.settings.billing.allow_custom_cost_unified
+        self.logs = services.logs
         sandbox = services.settings.sandbox_mode
         self.extra_headers: list[tuple[bytes, bytes]] = (
             [(b"x-tollgate-sandbox", b"simulated")] if sandbox else []
@@ -55,10 +61,17 @@ class DataPlane:
         """`/v1/{account_id}/{gateway_id}/{provider or compat}/{path}`."""
         wire = "openai"
         extra = self.extra_headers
+        capture: LogCapture | None = None
         try:
             route = parse_route(scope)
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
+            kind = route.provider if route.provider in (COMPAT, UNIVERSAL) else "native"
+            capture = self.logs.capture(
+                ctx, scope["headers"], send, receive, request_type=kind, path=route.path
+            )
+            send, receive = capture.send, capture.receive
+            self._read_feature_headers(ctx, scope["headers"])
             if route.provider == COMPAT:
                 await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat", ctx)
                 return
@@ -75,21 +88,45 @@ class DataPlane:
                 body=body,
                 ctx=ctx,
             )
-            await proxy_native(self.services, self.upstream, request, receive, send, extra)
+            handler = proxy_universal if route.provider == UNIVERSAL else proxy_native
+            await handler(self.services, self.upstream, request, receive, send, extra)
         except GatewayError as error:
             await send_error(send, error, wire, extra)
+        finally:
+            if capture is not None:  # off the hot path: queued for the log writer
+                self.logs.submit(capture)
 
     async def rest(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`/client/v4/accounts/{account_id}/ai/{path}`: the gateway comes from a header."""
         wire = "anthropic" if scope["path"].endswith("/ai/v1/messages") else "openai"
         extra = self.extra_headers
+        capture: LogCapture | None = None
         try:
             route = parse_rest_route(scope)
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
+            capture = self.logs.capture(
+                ctx, scope["headers"], send, receive, request_type="rest", path=route.path
+            )
+            send, receive = capture.send, capture.receive
+            self._read_feature_headers(ctx, scope["headers"])
             await self._unified(scope, receive, send, route, REST_FORMATS, "rest", ctx)
         except GatewayError as error:
             await send_error(send, error, wire, extra)
+        finally:
+            if capture is not None:
+                self.logs.submit(capture)
+
+    def _read_feature_headers(
+        self, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Metadata, event id and custom cost, read once: a bad value is a 400 before anything
+        is stored or sent."""
+        ctx.metadata = read_metadata(headers)
+        ctx.event_id = read_event_id(headers)
+        allowed = self.allow_custom_cost_unified
+        ctx.custom_rates = read_custom_cost(headers, unified_allowed=allowed)
+        ctx.custom_cost = ctx.custom_rates is not None
 
     async def _unified(
         self,
@@ -143,6 +180,7 @@ class DataPlane:
 
 
 COMPAT = "compat"
+UNIVERSAL = "universal"  # the route of `/v1/{account}/{gateway}`; never a provider segment
 COMPAT_FORMATS = {"chat/completions": OPENAI_CHAT, "embeddings": OPENAI_CHAT}
 REST_FORMATS = {
     "v1/chat/completions": OPENAI_CHAT,
@@ -176,13 +214,16 @@ def parse_rest_route(scope: Scope) -> _Route:
 
 def parse_route(scope: Scope) -> _Route:
     parts = scope["path"].split("/", 5)  # ['', 'v1', account, gateway, provider, rest]
-    if len(parts) < 5 or not parts[4]:
+    # `/v1/{account_id}/{gateway_id}` (a trailing slash allowed) is the Universal endpoint.
+    universal = len(parts) == 4 or (len(parts) == 5 and not parts[4])
+    if not universal and (len(parts) < 5 or not parts[4]):
         raise NotFound(
             "Unknown route. Use /v1/{account_id}/{gateway_id}/{provider}/{path}, "
             "for example /v1/<account>/default/openai/chat/completions.",
             code="route_not_found",
         )
-    account_id, gateway_id, provider = parts[2], parts[3], parts[4]
+    account_id, gateway_id = parts[2], parts[3]
+    provider = UNIVERSAL if universal else parts[4]
     rest = parts[5] if len(parts) == 6 else ""
     if not ACCOUNT_ID.fullmatch(account_id):
         raise NotFound(
@@ -194,6 +235,8 @@ def parse_route(scope: Scope) -> _Route:
             f"'{gateway_id}' is not a gateway id: up to 64 characters of a-z, 0-9, - and _.",
             code="gateway_not_found",
         )
+    if universal:
+        return _Route(account_id, gateway_id, UNIVERSAL, "")
     if provider not in PROVIDERS and provider != COMPAT and not CUSTOM_PROVIDER.fullmatch(provider):
         raise NotFound(
             f"Unknown provider '{provider}'. Known providers: {', '.join(PROVIDERS)}.",

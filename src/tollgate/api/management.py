@@ -165,6 +165,7 @@ class GatewayRoutes:
         if record is None:
             raise _gateway_not_found(account_id, id)
         self.services.gateways.invalidate(account_id, id)
+        self.services.stored_keys.invalidate(account_id, id)  # its keys went with it (CASCADE)
         return cloudflare_response(gateway_object(record))
 
     async def gateway_url(

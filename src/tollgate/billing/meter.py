@@ -15,6 +15,13 @@ model count toward the gateway's spend-limit rules only (as Cloudflare does); BY
 unpriced model are not metered at all. A Unified Billing request for an unpriced model, or for an
 endpoint the gateway cannot price, is refused before it is forwarded.
 
+A client's `cf-aig-custom-cost` (`tollgate.features.custom_cost`, read into `ctx.custom_rates`)
+replaces the catalog price for its request, at admission and at settlement alike: per-token rates
+become the request's `ModelPrice`, a total is added as a flat amount. It is refused (400) on a
+Unified Billing request unless the operator allows it there. A BYOK request with one is always
+metered (a hold without credits, counted by the spend rules that apply): also for a model the
+catalog does not price, and also when no rule applies, so the log carries its cost.
+
 Settling: measured usage is charged at the catalog price. A call that produced nothing (an
 upstream error, a connection that failed before any byte) is released, never billed. A response
 that produced output but whose usage was never seen (the client went away mid-stream) is charged
@@ -44,6 +51,7 @@ from tollgate.cache import RefreshingCache
 from tollgate.canonical import Usage
 from tollgate.errors import InsufficientBalance, InvalidRequest
 from tollgate.features.context import RequestContext
+from tollgate.features.custom_cost import CustomCost, not_allowed_for_unified_billing
 from tollgate.store import GatewayRecord, Store
 from tollgate.store import limits as limits_repo
 from tollgate.store._util import ordered_id
@@ -75,6 +83,13 @@ class Admission:
     # The request's context: its metadata feeds the spend rules; the settlement's usage and
     # cost are written back into it for the request's log.
     ctx: RequestContext | None = None
+    # The client's `cf-aig-custom-cost`: `price` already carries its rates; its total (if it
+    # set one) is added to every cost of this request, held and settled alike.
+    custom_cost: CustomCost | None = None
+
+    @property
+    def flat_nanos(self) -> int:
+        return self.custom_cost.total_nanos if self.custom_cost is not None else 0
 
     @property
     def metered(self) -> bool:
@@ -120,6 +135,9 @@ class Meter:
         ctx: RequestContext | None = None,
     ) -> Admission:
         """Hold the request's upper-bound cost, or refuse it. Nothing is forwarded before this."""
+        custom = ctx.custom_rates if ctx is not None else None
+        if custom is not None and unified and not custom.unified_allowed:
+            raise not_allowed_for_unified_billing()
         if facts.kind == "free" or (facts.kind == "unknown" and not unified):
             return NOT_METERED
         if facts.kind == "unknown":
@@ -128,10 +146,15 @@ class Meter:
                 "cannot price it). Send your own provider key to use it.",
                 code="endpoint_not_billable",
             )
-        price = self.catalog.lookup(provider, facts.model or "")
-        if price is None:
-            if not unified:
-                return NOT_METERED
+        listed = self.catalog.lookup(provider, facts.model or "")
+        if custom is not None and (listed is not None or not unified):
+            # The client's price; for BYOK also for a model the catalog does not list.
+            price = custom.price_for(provider, facts.model or "", listed)
+        elif listed is not None:
+            price = listed
+        elif not unified:
+            return NOT_METERED
+        else:
             raise InvalidRequest(
                 f"The model '{facts.model}' has no price in this gateway's catalog, so it "
                 "cannot be billed. Use a model listed by /compat/models, or ask the operator "
@@ -149,8 +172,8 @@ class Meter:
             metadata=ctx.metadata if metadata is None and ctx is not None else metadata,
             unified_billing=unified,
         )
-        if not unified and not limits:
-            return NOT_METERED
+        if not unified and not limits and custom is None:
+            return NOT_METERED  # (a custom cost is metered anyway: the log shows its cost)
         prompt = Usage(
             estimate_prompt_tokens(body),
             search_context=(facts.search_context or "low") if price.has_request_fee else None,
@@ -158,13 +181,18 @@ class Meter:
         )
         output = 0 if facts.kind == "embeddings" else facts.max_output_tokens
         capped = None
+        flat = custom.total_nanos if custom is not None else 0
         try:
-            hold = await self._hold(account_id, gateway, price, prompt, output, limits, unified)
+            hold = await self._hold(
+                account_id, gateway, price, prompt, output, limits, unified, flat
+            )
         except InsufficientBalance as short:
             capped = self._affordable_output(price, prompt, short) if output is None else None
             if capped is None:
                 raise
-            hold = await self._hold(account_id, gateway, price, prompt, capped, limits, unified)
+            hold = await self._hold(
+                account_id, gateway, price, prompt, capped, limits, unified, flat
+            )
         self._in_flight[hold.id] = hold
         return Admission(
             hold,
@@ -176,6 +204,7 @@ class Meter:
             prompt.search_context,
             prompt.pro_search,
             ctx,
+            custom,
         )
 
     async def _hold(
@@ -187,13 +216,15 @@ class Meter:
         output: int | None,
         limits: list[Any],
         unified: bool,
+        flat_nanos: int = 0,
     ) -> Hold:
-        """`prompt`: the prompt estimate (and the search context it pays a fee for)."""
+        """`prompt`: the prompt estimate (and the search context it pays a fee for);
+        `flat_nanos`: a custom total cost, on top of the token cost."""
         out = price.max_output_tokens if output is None else output
-        upper = self.catalog.cost(
+        upper = flat_nanos + self.catalog.cost(
             price.provider, price, dataclasses.replace(prompt, output_tokens=out)
         )
-        recovery = self.catalog.cost(price.provider, price, prompt)
+        recovery = flat_nanos + self.catalog.cost(price.provider, price, prompt)
         return await self.ledger.hold(
             account_id,
             f"req_{ordered_id()}",
@@ -248,12 +279,15 @@ class Meter:
             usage = dataclasses.replace(usage, pro_search=True)
         price = admission.price
         off_peak = price.is_off_peak(admission.hold.created_at, self.ledger.clock())
-        cost = self.catalog.cost(admission.provider, price, usage, off_peak=off_peak)
+        cost = admission.flat_nanos + self.catalog.cost(
+            admission.provider, price, usage, off_peak=off_peak
+        )
+        custom = admission.custom_cost is not None
         settlement = await self.ledger.settle(
             admission.hold,
             cost,
             estimated=estimated,
-            note=_note(price, usage, estimated, off_peak),
+            note=_note(price, usage, estimated, off_peak, custom),
         )
         if admission.ctx is not None:
             admission.ctx.record_usage(usage.input_tokens, usage.output_tokens, settlement)
@@ -299,9 +333,13 @@ def _pro_search(price: ModelPrice, facts: RequestFacts) -> bool:
     return price.has_pro_search and facts.stream and facts.search_type in ("pro", "auto")
 
 
-def _note(price: ModelPrice, usage: Usage, estimated: bool, off_peak: bool) -> str:
+def _note(
+    price: ModelPrice, usage: Usage, estimated: bool, off_peak: bool, custom: bool = False
+) -> str:
     """The usage entry's note: what was billed, in the units the price list uses."""
     parts = [f"{usage.input_tokens} in", f"{usage.output_tokens} out"]
+    if custom:
+        parts.append("custom cost (cf-aig-custom-cost)")
     if usage.citation_tokens:
         parts.append(f"{usage.citation_tokens} citation")
     if usage.search_queries:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tollgate.store._util import ordered_id
 from tollgate.store.holds import Settlement
+
+if TYPE_CHECKING:
+    from tollgate.features.custom_cost import CustomCost
+    from tollgate.store.models import GatewayRecord
 
 CredentialSource = Literal["unified", "byok", "stored"]
 
@@ -37,6 +41,11 @@ class RequestContext:
     cost_nanos: int | None = None
     cost_estimated: bool = False
     custom_cost: bool = False
+    # The request's `cf-aig-custom-cost` price (features/custom_cost.py), for the meter.
+    custom_rates: CustomCost | None = None
+    # The gateway, once the caller is authorized for it (pipeline.resolve_gateway's callers set
+    # it): the log is written into this gateway, under its collect_logs and log_management.
+    gateway: GatewayRecord | None = None
 
     def record_usage(self, tokens_in: int, tokens_out: int, settlement: Settlement) -> None:
         """What the meter settled: the log shows the tokens and cost that were charged."""

@@ -89,6 +89,13 @@ message names the ``x-sim-NAME`` (e.g. "x-sim-citation-tokens must be a non-nega
                         (Perplexity); wins over the request's ``web_search_options``
 ``x-sim-citation-tokens`` OpenAI chat ``usage.citation_tokens`` = N (Perplexity)
 ``x-sim-search-queries`` OpenAI chat ``usage.num_search_queries`` = N (Perplexity)
+``x-sim-fail-first``    transient failures: the first N requests carrying the same
+                        ``x-sim-fail-key`` answer ``x-sim-fail-status`` (default 503), after
+                        ``x-sim-fail-latency-ms``; later ones are answered normally (retry tests)
+``x-sim-fail-key``      the text key those N are counted under (1-128 of ``A-Za-z0-9_.:-``;
+                        default: one shared key); counts live as long as the simulator app
+``x-sim-fail-status``   the status of a transient failure (400-599, default 503)
+``x-sim-fail-latency-ms`` how long a transient failure waits before answering (default 0)
 =====================  ==========================================================================
 
 Malformed JSON is a 400 and unknown routes a 404, both in the provider's error shape. Every answer

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollgate.sim import anthropic, gemini, openai
+from tollgate.sim.controls import FailureCounter
 from tollgate.sim.http import SIM_HEADER, install_drop_log_filter, json_response
 from tollgate.sim.openai_common import openai_error
 from tollgate.sim.recorder import RecordedRequest, SimRecorder
@@ -140,4 +141,5 @@ def create_sim_app(recorder: SimRecorder | None = None) -> Starlette:
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.recorder = recorder
+    app.state.failures = FailureCounter()  # the ``x-sim-fail-first`` counts
     return app

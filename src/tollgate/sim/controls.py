@@ -18,6 +18,7 @@ shape naming the ``x-sim-{name}`` at fault.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -37,7 +38,14 @@ CONTROL_NAMES = (
     "search-context",
     "citation-tokens",
     "search-queries",
+    "fail-first",
+    "fail-status",
+    "fail-latency-ms",
+    "fail-key",
 )
+# Controls whose values are text, not integers.
+_TEXT_CONTROLS = ("search-context", "fail-key")
+_FAIL_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # The values of ``search-context`` (Perplexity's ``search_context_size``).
 SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
 HEADER_PREFIX = "x-sim-"
@@ -74,6 +82,12 @@ class Controls:
     search_context: str | None = None
     citation_tokens: int | None = None
     search_queries: int | None = None
+    # Transient failures: the first ``fail_first`` requests carrying the same ``fail_key`` wait
+    # ``fail_latency_ms`` and answer ``fail_status``; later ones are answered normally.
+    fail_first: int | None = None
+    fail_status: int = 503
+    fail_latency_ms: int = 0
+    fail_key: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -108,10 +122,11 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         if value is not None:
             raw[name] = value
     search_context = _search_context(raw["search-context"]) if "search-context" in raw else None
+    fail_key = _fail_key(raw["fail-key"]) if "fail-key" in raw else ""
     values = {
         name: _non_negative_int(name, value)
         for name, value in raw.items()
-        if name != "search-context"
+        if name not in _TEXT_CONTROLS
     }
     return Controls(
         latency_ms=min(values.get("latency-ms", 0), _MAX_DELAY_MS),
@@ -129,6 +144,10 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         search_context=search_context,
         citation_tokens=values.get("citation-tokens"),
         search_queries=values.get("search-queries"),
+        fail_first=values.get("fail-first"),
+        fail_status=values.get("fail-status", 503),
+        fail_latency_ms=min(values.get("fail-latency-ms", 0), _MAX_DELAY_MS),
+        fail_key=fail_key,
         sources=raw,
     )
 
@@ -140,8 +159,8 @@ def _non_negative_int(name: str, value: str) -> int:
         raise InvalidControl(f"{HEADER_PREFIX}{name} must be a non-negative integer") from None
     if number < 0:
         raise InvalidControl(f"{HEADER_PREFIX}{name} must be a non-negative integer")
-    if name == "error" and not 400 <= number <= 599:
-        raise InvalidControl(f"{HEADER_PREFIX}error must be an HTTP error status (400-599)")
+    if name in ("error", "fail-status") and not 400 <= number <= 599:
+        raise InvalidControl(f"{HEADER_PREFIX}{name} must be an HTTP error status (400-599)")
     return number
 
 
@@ -153,3 +172,32 @@ def _search_context(value: str) -> str:
             f" (got {value!r})"
         )
     return size
+
+
+def _fail_key(value: str) -> str:
+    key = value.strip()
+    if not _FAIL_KEY.fullmatch(key):
+        raise InvalidControl(
+            f"{HEADER_PREFIX}fail-key must be 1 to 128 characters of A-Z, a-z, 0-9, _ . : -"
+        )
+    return key
+
+
+class FailureCounter:
+    """How many requests of each ``fail-key`` have failed so far, so that a retried request
+    fails its first ``fail-first`` times and then succeeds. One per simulator app; thread-safe."""
+
+    def __init__(self) -> None:
+        self._failed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def should_fail(self, controls: Controls) -> bool:
+        """Whether this request is one of the first ``fail_first`` of its key (and count it)."""
+        if not controls.fail_first:
+            return False
+        with self._lock:
+            failed = self._failed.get(controls.fail_key, 0)
+            if failed >= controls.fail_first:
+                return False
+            self._failed[controls.fail_key] = failed + 1
+            return True

@@ -20,7 +20,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tollgate.sim.controls import Controls, InvalidControl, parse_controls, split_model
+from tollgate.sim.controls import (
+    Controls,
+    FailureCounter,
+    InvalidControl,
+    parse_controls,
+    split_model,
+)
 
 INVALID_KEY = "sim-invalid-key"
 SIM_HEADER = "x-tollgate-sim"
@@ -145,9 +151,14 @@ def endpoint(
             controls, control_error = Controls(), provider.error(400, str(exc), None)
         # The latency applies to every answer, errors included, as a slow upstream would.
         await _sleep_ms(controls.latency_ms)
+        failing = control_error is None and _failures_of(request).should_fail(controls)
+        if failing:
+            await _sleep_ms(controls.fail_latency_ms)
         try:
             if control_error is not None:
                 raise control_error
+            if failing:
+                raise provider.simulated_error(controls.fail_status, controls)
             provider.check_auth(request)
             if controls.error is not None:
                 raise provider.simulated_error(controls.error, controls)
@@ -167,6 +178,11 @@ def endpoint(
         return response
 
     return run
+
+
+def _failures_of(request: Request) -> FailureCounter:
+    counter: FailureCounter = request.app.state.failures
+    return counter
 
 
 def _parse_json(raw: bytes) -> tuple[JsonObject, bool]:
