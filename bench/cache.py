@@ -104,10 +104,15 @@ def arms_for(cell: dp.Cell, gateway_port: int, creds: dict[str, str]) -> list[Ar
     ]
 
 
+# Makes the `hit` arm's body this run's and this row's own: rows would otherwise share one entry,
+# and a row's check would find it already cached by the row before.
+RUN_ID = uuid.uuid4().hex
+
+
 def body_for(cell: dp.Cell, arm: Arm) -> str:
     """The row's body; for a unique arm, with a `user` that is new in every wrk run."""
     if not arm.unique:
-        return cell.body
+        return cell.body[:-1] + f',"user":"bench-{RUN_ID}-{cell.name}"}}'
     return cell.body[:-1] + f',"user":"bench-{uuid.uuid4().hex}-NONCE"}}'
 
 

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # `make bench`: install the tools (nginx, wrk), then run the benchmarks one after the other:
-# bench/dataplane.py (gateway against direct calls) and bench/translation.py (Unified API against
-# native endpoints). BENCH_ONLY=dataplane or BENCH_ONLY=translation runs one of them.
+# bench/dataplane.py (gateway against direct calls), bench/translation.py (Unified API against
+# native endpoints), bench/cache.py (cache hits against misses) and bench/logs.py (logs on
+# against off). BENCH_ONLY=<one of those names> runs one of them.
 # Options are environment variables; see bench/README.md. Extra arguments go to each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${BENCH_ONLY:-}" in
-    "") benches=(dataplane translation) ;;
-    dataplane | translation) benches=("$BENCH_ONLY") ;;
+    "") benches=(dataplane translation cache logs) ;;
+    dataplane | translation | cache | logs) benches=("$BENCH_ONLY") ;;
     *)
-        echo "BENCH_ONLY must be 'dataplane' or 'translation' (or unset for both)" >&2
+        echo "BENCH_ONLY must be 'dataplane', 'translation', 'cache' or 'logs' (or unset for all)" >&2
         exit 2
         ;;
 esac
