@@ -52,7 +52,13 @@ async def admit(
         ctx=ctx,
     )
     if not admission.metered:
-        return Admitted(admission, None, body, [])
+        if not admission.observed:
+            return Admitted(admission, None, body, [])
+        # Observed only (for the log): the body goes as the client sent it, usage as it comes.
+        watch = UsageWatch(
+            services.meter, admission, adapter_for(row), facts, strip_usage_chunk=False
+        )
+        return Admitted(admission, watch, body, [])
     headers: list[tuple[bytes, bytes]] = []
     strip = needs_usage_chunk(row, facts)
     if parsed is not None and (admission.capped_tokens is not None or strip):

@@ -461,3 +461,33 @@ def test_another_accounts_token_cannot_read_the_logs(logged: Logged) -> None:
     with pytest.raises(cloudflare.PermissionDeniedError):
         client.ai_gateway.logs.list("default", account_id=logged.account.account_id)
     client.close()
+
+
+def test_a_byok_request_is_logged_with_its_tokens_and_priced_cost_but_not_billed(
+    logged: Logged,
+) -> None:
+    """The client's own key pays: nothing is held or charged, no cost header is sent, and the
+    log still shows the tokens and what the catalog prices them at (as Cloudflare's logs do)."""
+    client = openai.OpenAI(
+        api_key="sk-the-clients-own-key",
+        base_url=f"{logged.url}/v1/{logged.account.account_id}/default/openai",
+        max_retries=0,
+        default_headers={"cf-aig-authorization": f"Bearer {logged.account.token}"},
+    )
+    logged.clients.append(client)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=PROMPT, max_tokens=20
+    )
+    reply = raw.parse()
+    assert "cf-aig-cost" not in raw.headers
+
+    log = logged.wait_for_log(raw.headers["cf-aig-log-id"])
+
+    assert reply.usage is not None
+    assert (log.tokens_in, log.tokens_out) == (
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
+    assert log.cost is not None and log.cost > 0
+    extra = log.model_extra or {}
+    assert extra["credential_source"] == "byok" and extra["cost_estimated"] is False

@@ -95,6 +95,12 @@ class Admission:
     def metered(self) -> bool:
         return self.hold is not None
 
+    @property
+    def observed(self) -> bool:
+        """Nothing held (the client's own key pays, no spend rule counts it), but priced: the
+        answer's usage is still read, so the request's log shows its tokens and cost."""
+        return self.hold is None and self.price is not None and self.ctx is not None
+
 
 NOT_METERED = Admission(None, None, "", 0, None, False)
 
@@ -173,7 +179,13 @@ class Meter:
             unified_billing=unified,
         )
         if not unified and not limits and custom is None:
-            return NOT_METERED  # (a custom cost is metered anyway: the log shows its cost)
+            # Nothing to hold; with a context the answer is observed for the log (and a custom
+            # cost is metered anyway: it may count towards a spend rule added later).
+            if ctx is None:
+                return NOT_METERED
+            search = (facts.search_context or "low") if price.has_request_fee else None
+            pro_search = _pro_search(price, facts)
+            return Admission(None, price, price.provider, 0, None, False, search, pro_search, ctx)
         prompt = Usage(
             estimate_prompt_tokens(body),
             search_context=(facts.search_context or "low") if price.has_request_fee else None,
@@ -263,6 +275,13 @@ class Meter:
         """Charge what was used; release when nothing was produced; estimate when unseen or
         when the response broke off before its final usage (`complete=False`)."""
         if admission.hold is None or admission.price is None:
+            if admission.observed and usage is not None and complete:
+                assert admission.ctx is not None and admission.price is not None
+                now = self.ledger.clock()
+                usage = _with_request_choices(admission, usage)
+                off_peak = admission.price.is_off_peak(now, now)
+                cost = self._cost(admission, admission.price, usage, off_peak)
+                admission.ctx.record_observed(usage.input_tokens, usage.output_tokens, cost)
             return None
         self._in_flight.pop(admission.hold.id, None)
         if usage is None and produced_bytes == 0:
@@ -273,15 +292,10 @@ class Meter:
             usage = Usage(admission.prompt_estimate, output)
         elif not complete and usage.output_tokens < output:
             usage = dataclasses.replace(usage, output_tokens=output)
-        if usage.search_context is None and admission.search_context is not None:
-            usage = dataclasses.replace(usage, search_context=admission.search_context)
-        if admission.pro_search:  # the request chose it; the response does not say
-            usage = dataclasses.replace(usage, pro_search=True)
+        usage = _with_request_choices(admission, usage)
         price = admission.price
         off_peak = price.is_off_peak(admission.hold.created_at, self.ledger.clock())
-        cost = admission.flat_nanos + self.catalog.cost(
-            admission.provider, price, usage, off_peak=off_peak
-        )
+        cost = self._cost(admission, price, usage, off_peak)
         custom = admission.custom_cost is not None
         settlement = await self.ledger.settle(
             admission.hold,
@@ -295,6 +309,12 @@ class Meter:
         if self.on_settled is not None and balance is not None and not settlement.replayed:
             self.on_settled(settlement.account_id, balance)
         return settlement
+
+    def _cost(self, admission: Admission, price: ModelPrice, usage: Usage, off_peak: bool) -> int:
+        """What `usage` costs at the request's price (a custom total on top)."""
+        return admission.flat_nanos + self.catalog.cost(
+            admission.provider, price, usage, off_peak=off_peak
+        )
 
     # --- keep-alive: a request longer than the hold TTL must not be recovered mid-flight ---------
 
@@ -331,6 +351,16 @@ def _pro_search(price: ModelPrice, facts: RequestFacts) -> bool:
     """Sonar Pro's Pro Search runs only on streamed requests that ask for it (`pro`) or let the
     model decide (`auto`: billed as Pro Search, since the response does not say; never under)."""
     return price.has_pro_search and facts.stream and facts.search_type in ("pro", "auto")
+
+
+def _with_request_choices(admission: Admission, usage: Usage) -> Usage:
+    """The usage with what the request chose and the response does not report: the search
+    context (when the response names none) and Pro Search."""
+    if usage.search_context is None and admission.search_context is not None:
+        usage = dataclasses.replace(usage, search_context=admission.search_context)
+    if admission.pro_search:
+        usage = dataclasses.replace(usage, pro_search=True)
+    return usage
 
 
 def _note(

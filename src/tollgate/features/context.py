@@ -53,5 +53,12 @@ class RequestContext:
         self.cost_nanos = settlement.charged_nanos
         self.cost_estimated = settlement.estimated
 
+    def record_observed(self, tokens_in: int, tokens_out: int, cost_nanos: int) -> None:
+        """A request nothing was held for (the client's own key pays): the log shows its tokens
+        and what the catalog prices them at; nothing was charged."""
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
+        self.cost_nanos = cost_nanos
+        self.cost_estimated = False
+
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
