@@ -30,7 +30,9 @@ from tollgate.credentials import (
 )
 from tollgate.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
+from tollgate.features.headers import gateway_headers
 from tollgate.features.logs import native_model
+from tollgate.features.ratelimit import gateway_limit
 from tollgate.features.response_cache import cache_options, key_parts
 from tollgate.features.retry import fall_back, read_retry_headers, retry_policy
 from tollgate.providers.registry import PROVIDERS, ProviderRow
@@ -62,6 +64,9 @@ class NativeRequest:
     # A Universal step with a later step to fall back to: an upstream error answer is not
     # relayed but raised as `FallbackNeeded` (its hold released), so the next step answers.
     fallback: bool = False
+    # The request's `cf-*` headers (`features.headers.gateway_headers`), when the data plane
+    # already collected them; None (a Universal step's own headers): collected here.
+    feature_headers: list[tuple[bytes, bytes]] | None = None
 
 
 async def proxy_native(
@@ -76,17 +81,22 @@ async def proxy_native(
     principal = await authenticate(services, request.account_id, inbound)
     parsed = validate_body(request)
     request.ctx.provider, request.ctx.model = request.provider, native_model(request.path, parsed)
-    options = credential_options(request.headers)
-    retry = read_retry_headers(request.headers)
-    caching = cache_options(request.headers)
+    cf = request.feature_headers
+    if cf is None:
+        cf = gateway_headers(request.headers)
+    # Each reader scans only the `cf-*` headers: usually none, so each is next to free.
+    options = credential_options(cf)
+    retry = read_retry_headers(cf)
+    caching = cache_options(cf)
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
     request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
-    if not request.ctx.step:  # a Universal fallback step is the same request: counted once
+    # A Universal fallback step is the same request: counted once. No await without a limit.
+    if not request.ctx.step and gateway_limit(gateway) is not None:
         await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
     cache = await services.response_cache.open(
-        caching, gateway, request.method, native_cache_parts(request, inbound)
+        caching, gateway, request.method, lambda: native_cache_parts(request, inbound)
     )
     if await cache.served(send, extra_headers, request.ctx):
         return  # a hit: no hold, no ledger entry, no upstream call

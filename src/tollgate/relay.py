@@ -121,6 +121,8 @@ async def send_upstream(
     """`upstream.send` with the request's retries and timeout (`tollgate.features.retry`),
     releasing the request's hold when the last attempt fails before any answer."""
     try:
+        if policy.max_attempts == 1:  # no retries (most requests): one send, without the loop
+            return await upstream.send(**request, first_byte_timeout=policy.timeout_seconds)
         return await send_with_retries(upstream, policy, **request)
     except GatewayError:
         if settler is not None:

@@ -40,6 +40,8 @@ from tollgate.embeddings import (
 )
 from tollgate.errors import GatewayError, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
+from tollgate.features.headers import gateway_headers
+from tollgate.features.ratelimit import gateway_limit
 from tollgate.features.response_cache import NO_CACHE, CacheUse, cache_options, key_parts
 from tollgate.features.retry import NO_RETRIES, RetryPolicy, read_retry_headers, retry_policy
 from tollgate.ids import CUSTOM_PROVIDER
@@ -80,6 +82,8 @@ class UnifiedRequest:
     # Authorization is the tollgate token, so there the managed key always pays.
     surface: Literal["compat", "rest"]
     ctx: RequestContext
+    # The request's `cf-*` headers (`features.headers.gateway_headers`); None: collected here.
+    feature_headers: list[tuple[bytes, bytes]] | None = None
 
 
 @dataclass(slots=True)
@@ -114,16 +118,21 @@ async def route_request(
     row, model = route_model(payload.get("model"))
     request.ctx.provider, request.ctx.model = row.slug, model
     check(row)
-    options = credential_options(request.headers)
-    retry = read_retry_headers(request.headers)
-    caching = cache_options(request.headers)
+    cf = request.feature_headers
+    if cf is None:
+        cf = gateway_headers(request.headers)
+    # Each reader scans only the `cf-*` headers: usually none, so each is next to free.
+    options = credential_options(cf)
+    retry = read_retry_headers(cf)
+    caching = cache_options(cf)
     gateway = await resolve_gateway(
         services, request.account_id, request.gateway_id, principal, inbound
     )
     request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
-    await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
+    if gateway_limit(gateway) is not None:  # no await when the gateway sets no limit
+        await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
     cache = await services.response_cache.open(
-        caching, gateway, "POST", unified_cache_parts(request, inbound)
+        caching, gateway, "POST", lambda: unified_cache_parts(request, inbound)
     )
     if row.slug.startswith(CUSTOM_PREFIX):
         routed = await _custom_route(services, request, inbound, payload, row, model, gateway)

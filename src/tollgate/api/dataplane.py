@@ -18,6 +18,7 @@ from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientForma
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tollgate.features.context import RequestContext
 from tollgate.features.custom_cost import read_custom_cost
+from tollgate.features.headers import gateway_headers
 from tollgate.features.logs import LogCapture
 from tollgate.features.metadata import read_event_id, read_metadata
 from tollgate.features.universal import proxy_universal
@@ -67,13 +68,14 @@ class DataPlane:
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
             kind = route.provider if route.provider in (COMPAT, UNIVERSAL) else "native"
+            cf = gateway_headers(scope["headers"])  # the one pass every feature reads
             capture = self.logs.capture(
-                ctx, scope["headers"], send, receive, request_type=kind, path=route.path
+                ctx, scope["headers"], send, receive, request_type=kind, path=route.path, cf=cf
             )
             send, receive = capture.send, capture.receive
-            self._read_feature_headers(ctx, scope["headers"])
+            self._read_feature_headers(ctx, cf)
             if route.provider == COMPAT:
-                await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat", ctx)
+                await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat", ctx, cf)
                 return
             wire = PROVIDERS[route.provider].wire if route.provider in PROVIDERS else "openai"
             body = await read_body(scope, receive, self.max_body)
@@ -87,6 +89,7 @@ class DataPlane:
                 headers=scope["headers"],
                 body=body,
                 ctx=ctx,
+                feature_headers=cf,
             )
             handler = proxy_universal if route.provider == UNIVERSAL else proxy_native
             await handler(self.services, self.upstream, request, receive, send, extra)
@@ -105,27 +108,28 @@ class DataPlane:
             route = parse_rest_route(scope)
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
+            cf = gateway_headers(scope["headers"])  # the one pass every feature reads
             capture = self.logs.capture(
-                ctx, scope["headers"], send, receive, request_type="rest", path=route.path
+                ctx, scope["headers"], send, receive, request_type="rest", path=route.path, cf=cf
             )
             send, receive = capture.send, capture.receive
-            self._read_feature_headers(ctx, scope["headers"])
-            await self._unified(scope, receive, send, route, REST_FORMATS, "rest", ctx)
+            self._read_feature_headers(ctx, cf)
+            await self._unified(scope, receive, send, route, REST_FORMATS, "rest", ctx, cf)
         except GatewayError as error:
             await send_error(send, error, wire, extra)
         finally:
             if capture is not None:
                 self.logs.submit(capture)
 
-    def _read_feature_headers(
-        self, ctx: RequestContext, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def _read_feature_headers(self, ctx: RequestContext, cf: list[tuple[bytes, bytes]]) -> None:
         """Metadata, event id and custom cost, read once: a bad value is a 400 before anything
-        is stored or sent."""
-        ctx.metadata = read_metadata(headers)
-        ctx.event_id = read_event_id(headers)
+        is stored or sent. `cf`: the request's `cf-*` headers (`gateway_headers`)."""
+        if not cf:
+            return  # none sent (most requests): the context's defaults already say so
+        ctx.metadata = read_metadata(cf)
+        ctx.event_id = read_event_id(cf)
         allowed = self.allow_custom_cost_unified
-        ctx.custom_rates = read_custom_cost(headers, unified_allowed=allowed)
+        ctx.custom_rates = read_custom_cost(cf, unified_allowed=allowed)
         ctx.custom_cost = ctx.custom_rates is not None
 
     async def _unified(
@@ -137,6 +141,7 @@ class DataPlane:
         formats: dict[str, ClientFormat],
         surface: Literal["compat", "rest"],
         ctx: RequestContext,
+        cf: list[tuple[bytes, bytes]],
     ) -> None:
         extra = [*self.extra_headers, (b"cf-aig-log-id", ctx.log_id.encode())]
         client = formats.get(route.path)
@@ -151,6 +156,7 @@ class DataPlane:
                 OPENAI_CHAT,
                 surface,
                 ctx,
+                cf,
             )
             await list_models(self.services, request, send, extra)
             return
@@ -174,6 +180,7 @@ class DataPlane:
             client=client,
             surface=surface,
             ctx=ctx,
+            feature_headers=cf,
         )
         handler = _HANDLERS.get(route.path, proxy_unified)
         await handler(self.services, self.upstream, request, receive, send, extra)

@@ -9,6 +9,16 @@ from tollgate.errors import InvalidRequest
 HEADER_VALUE_MAX = 8192
 
 
+def gateway_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request's `cf-*` headers, in order: every header a feature reads is one of them
+    (`cf-aig-*`, and Cloudflare's legacy `cf-cache-ttl` / `cf-skip-cache`).
+
+    One pass over the request's headers; the readers below then scan this short list (empty
+    for most requests) instead of each scanning every header. Order is kept, so each reader
+    finds the same first value it would find in the full list."""
+    return [pair for pair in headers if pair[0].startswith(b"cf-")]
+
+
 def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     """The header's value (the first, if sent twice), or None. `name` is lowercase."""
     for key, value in headers:

@@ -96,14 +96,17 @@ class LogCapture:
         request_type: str,
         path: str,
         cap: int,
+        cf: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.request_type = request_type
         self.path = path
         self.headers = headers
         # Read first, so a bad value is a 400 naming the header before anything happens.
-        self.collect = boolean_header(headers, COLLECT_LOG)
-        self.collect_payload = boolean_header(headers, COLLECT_PAYLOAD) is not False
+        # `cf`: the request's `cf-*` headers when the caller already has them (one pass).
+        flags = headers if cf is None else cf
+        self.collect = boolean_header(flags, COLLECT_LOG)
+        self.collect_payload = boolean_header(flags, COLLECT_PAYLOAD) is not False
         self.status: int | None = None
         self.response_content_type: str | None = None
         self.request_size = 0
@@ -221,6 +224,7 @@ class LogWriter:
         *,
         request_type: str,
         path: str,
+        cf: list[tuple[bytes, bytes]] | None = None,
     ) -> LogCapture:
         return LogCapture(
             ctx,
@@ -230,6 +234,7 @@ class LogWriter:
             request_type=request_type,
             path=path,
             cap=self.settings.body_max_bytes,
+            cf=cf,
         )
 
     def submit(self, capture: LogCapture) -> None:

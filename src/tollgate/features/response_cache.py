@@ -29,7 +29,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -228,12 +228,17 @@ class ResponseCache:
         options: CacheOptions,
         gateway: GatewayRecord,
         method: str,
-        parts: Sequence[bytes],
+        parts: Sequence[bytes] | Callable[[], Sequence[bytes]],
     ) -> CacheUse:
-        """This request's use of the cache: a hit to replay, a miss to capture, or nothing."""
+        """This request's use of the cache: a hit to replay, a miss to capture, or nothing.
+
+        `parts` may be a function making them: then they are made only when the request uses
+        the cache (most do not, and `key_parts` hashes the client's key and sorts headers)."""
         ttl = effective_ttl(options, gateway)
         if ttl is None or method not in _CACHEABLE_METHODS:
             return NO_CACHE
+        if callable(parts):
+            parts = parts()
         if options.key is not None:  # the custom key stands for the body, bar its stream flag
             custom = b"key:" + options.key.encode("latin-1")
             parts = [*parts[:-1], custom, _stream_flag(parts[-1])]

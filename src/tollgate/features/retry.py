@@ -45,6 +45,9 @@ MAX_ATTEMPTS_HEADER = b"cf-aig-max-attempts"
 RETRY_DELAY_HEADER = b"cf-aig-retry-delay"
 BACKOFF_HEADER = b"cf-aig-backoff"
 REQUEST_TIMEOUT_HEADER = b"cf-aig-request-timeout"
+_RETRY_HEADERS = frozenset(
+    {MAX_ATTEMPTS_HEADER, RETRY_DELAY_HEADER, BACKOFF_HEADER, REQUEST_TIMEOUT_HEADER}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +86,13 @@ class RetryPolicy:
 
 
 NO_RETRIES = RetryPolicy()
+NO_OVERRIDES = RetryOverrides()
 
 
 def read_retry_headers(headers: list[tuple[bytes, bytes]]) -> RetryOverrides:
     """The four headers, validated: a bad value is a 400 naming the header."""
+    if not any(name in _RETRY_HEADERS for name, _ in headers):
+        return NO_OVERRIDES  # most requests: nothing to read, no object to build
     backoff = header(headers, BACKOFF_HEADER)
     if backoff is not None and backoff not in BACKOFFS:
         raise invalid_header(BACKOFF_HEADER, "one of constant, linear, exponential", backoff)
@@ -102,6 +108,12 @@ def read_retry_headers(headers: list[tuple[bytes, bytes]]) -> RetryOverrides:
 
 def retry_policy(overrides: RetryOverrides, gateway_config: Mapping[str, Any]) -> RetryPolicy:
     """Headers over the gateway's settings over the defaults (a stored `None` is the default)."""
+    if overrides == NO_OVERRIDES and not (
+        gateway_config.get("retry_max_attempts")
+        or gateway_config.get("retry_delay")
+        or gateway_config.get("retry_backoff")
+    ):
+        return NO_RETRIES  # the common case: nothing asked for, no object to build
     attempts = overrides.max_attempts or gateway_config.get("retry_max_attempts") or 1
     delay = overrides.delay_ms
     if delay is None:

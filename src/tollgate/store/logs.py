@@ -8,6 +8,7 @@ key's type (nano-dollars for `cost`, aware datetimes for `created_at`).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from tollgate.store.schema_logs import request_logs
 T = request_logs.c
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of these 35 fields through `object.__setattr__`,
+# ~8 µs for every logged request; nothing changes a record once it is built.
+@dataclass(slots=True)
 class LogRecord:
     """One log row. The writer builds it; the API reads it (bodies only when asked for)."""
 
@@ -249,13 +252,17 @@ _INSERT_SQL = (
 _HOT_CHUNK = 64
 
 
-def _sqlite_value(value: object) -> object:
-    """A value as SQLAlchemy's SQLite dialect stores it (naive UTC text, 0/1 booleans)."""
-    if isinstance(value, datetime):
-        return stamp(value)
-    if isinstance(value, bool):
-        return int(value)
-    return value
+# A record's values in column order, in one C call (a per-field loop cost ~11 µs a row).
+_VALUES = operator.attrgetter(*_FIELDS)
+_CREATED_AT = _FIELDS.index("created_at")  # the one datetime field
+
+
+def _sqlite_row(record: LogRecord) -> list[object]:
+    """A record as SQLAlchemy's SQLite dialect stores it: `created_at` as naive UTC text;
+    booleans need nothing, sqlite3 binds them as the integers 0 and 1 already."""
+    row = list(_VALUES(record))
+    row[_CREATED_AT] = stamp(record.created_at)
+    return row
 
 
 async def _insert_on_hot_writer(store: Store, records: list[LogRecord]) -> int:
@@ -264,12 +271,9 @@ async def _insert_on_hot_writer(store: Store, records: list[LogRecord]) -> int:
     thread; measured in bench/logs.py."""
     writer = store.hot()
     for start in range(0, len(records), _HOT_CHUNK):
-        rows = [
-            tuple(_sqlite_value(getattr(r, name)) for name in _FIELDS)
-            for r in records[start : start + _HOT_CHUNK]
-        ]
+        rows = [_sqlite_row(r) for r in records[start : start + _HOT_CHUNK]]
 
-        def insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]] = rows) -> None:
+        def insert(conn: sqlite3.Connection, rows: list[list[object]] = rows) -> None:
             conn.executemany(_INSERT_SQL, rows)
 
         await writer.run(insert)
