@@ -491,3 +491,19 @@ def test_a_byok_request_is_logged_with_its_tokens_and_priced_cost_but_not_billed
     assert log.cost is not None and log.cost > 0
     extra = log.model_extra or {}
     assert extra["credential_source"] == "byok" and extra["cost_estimated"] is False
+
+
+def test_deleting_a_gateway_deletes_its_logs_and_no_other_gateways(logged: Logged) -> None:
+    """A gateway created again under the same id starts with no logs; others keep theirs."""
+    account = logged.account.account_id
+    create_gateway(logged, "short-lived")
+    gone, _ = logged.chat("short-lived")
+    kept, _ = logged.chat()
+    logged.wait_for_log(gone, "short-lived")
+    logged.wait_for_log(kept)
+
+    logged.cf.delete("short-lived", account_id=account)
+    create_gateway(logged, "short-lived")
+
+    assert stored_logs(logged.database_url, account, "short-lived") == []
+    assert kept in stored_logs(logged.database_url, account)

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import cloudflare
 import httpx
 import pytest
 
@@ -309,3 +310,29 @@ def test_a_fallback_counts_once_against_the_gateways_rate_limit(any_gateway: Gat
     assert [r.headers["cf-aig-step"] for r in answered] == ["1", "1"]
     assert refused.status_code == 429
     assert "retry-after" in refused.headers
+
+
+def test_a_fallback_is_logged_with_the_step_provider_and_path_that_answered(
+    any_gateway: Gateway,
+) -> None:
+    response = universal(any_gateway, [openai_step({"x-sim-error": "503"}), anthropic_step()])
+    assert response.status_code == 200 and response.headers["cf-aig-step"] == "1"
+    log_id = response.headers["cf-aig-log-id"]
+    logs = cloudflare.Cloudflare(
+        api_token=any_gateway.account.token,
+        base_url=f"{any_gateway.url}/client/v4",
+        max_retries=0,
+    ).ai_gateway.logs
+
+    deadline = time.monotonic() + 10
+    while True:  # the writer batches: the log lands a moment after the response
+        try:
+            log = logs.get(log_id, account_id=any_gateway.account.account_id, gateway_id="default")
+            break
+        except cloudflare.NotFoundError:
+            assert time.monotonic() < deadline, "the Universal request was never logged"
+            time.sleep(0.05)
+
+    assert (log.provider, log.path, log.step) == ("anthropic", "v1/messages", 1)
+    assert log.request_type == "universal" and log.status_code == 200
+    assert log.cost == pytest.approx(float(response.headers["cf-aig-cost"]), abs=1e-6)

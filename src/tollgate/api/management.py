@@ -166,6 +166,7 @@ class GatewayRoutes:
             raise _gateway_not_found(account_id, id)
         self.services.gateways.invalidate(account_id, id)
         self.services.stored_keys.invalidate(account_id, id)  # its keys went with it (CASCADE)
+        self.services.logs.forget_count(account_id, id)  # and its logs (log_management counts)
         return cloudflare_response(gateway_object(record))
 
     async def gateway_url(

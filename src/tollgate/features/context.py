@@ -34,6 +34,7 @@ class RequestContext:
     zdr: bool = False
     cached: bool = False
     step: int | None = None  # the Universal step that answered
+    path: str | None = None  # that step's provider path (else the log takes the route's)
     event_id: str | None = None
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
     tokens_in: int | None = None

@@ -163,7 +163,7 @@ class LogCapture:
             created_at=datetime.now(UTC) - timedelta(milliseconds=duration),
             provider=(ctx.provider or "")[:64],
             model=(ctx.model or "")[:200],
-            path=self.path[:2048],
+            path=(ctx.path or self.path)[:2048],
             request_type=self.request_type,
             status_code=status,
             success=status is not None and status < 400,

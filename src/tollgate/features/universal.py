@@ -102,6 +102,7 @@ async def proxy_universal(
     for index, step in enumerate(steps):
         last = index == len(steps) - 1
         request.ctx.step = index
+        request.ctx.path = step.path  # the log shows the provider path that answered
         step_request = NativeRequest(
             account_id=request.account_id,
             gateway_id=request.gateway_id,

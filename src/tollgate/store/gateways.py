@@ -12,6 +12,7 @@ from tollgate.store._util import now
 from tollgate.store.engine import Store
 from tollgate.store.models import GatewayRecord, Page
 from tollgate.store.schema import gateways
+from tollgate.store.schema_logs import request_logs
 
 
 class GatewayExists(Exception):
@@ -95,11 +96,20 @@ async def update_gateway(
 
 
 async def delete_gateway(store: Store, account_id: str, gateway_id: str) -> GatewayRecord | None:
+    """Delete the gateway and, in the same transaction, its request logs: a gateway created
+    later under the same id must not show them. (Its stored keys go by ON DELETE CASCADE.)"""
     async with store.write() as conn:
         result = await conn.execute(
             gateways.delete().where(_key(account_id, gateway_id)).returning(*gateways.c)
         )
         row = result.first()
+        if row is not None:
+            logs = request_logs.c
+            await conn.execute(
+                request_logs.delete().where(
+                    logs.account_id == account_id, logs.gateway_id == gateway_id
+                )
+            )
     return _gateway(row) if row else None
 
 
