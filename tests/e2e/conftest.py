@@ -72,8 +72,9 @@ def start_gateway(tmp_path: Path, sim: Sim) -> Callable[..., AbstractContextMana
     from contextlib import contextmanager
 
     @contextmanager
-    def start(**env: str) -> Iterator[Gateway]:
-        database_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    def start(database_url: str | None = None, **env: str) -> Iterator[Gateway]:
+        """`database_url`: SQLite in the test's directory unless given (e.g. PostgreSQL)."""
+        database_url = database_url or f"sqlite:///{tmp_path / 'gw.db'}"
         settings = load_settings(
             env={
                 "TOLLGATE_DATA_DIR": str(tmp_path / "data"),

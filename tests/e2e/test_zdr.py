@@ -92,10 +92,15 @@ class Zdr:
         self.zdr_sim.clear()
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def zdr(
-    start_gateway: Callable[..., AbstractContextManager[Gateway]], sim: Sim, zdr_sim: Sim
+    request: pytest.FixtureRequest,
+    start_gateway: Callable[..., AbstractContextManager[Gateway]],
+    sim: Sim,
+    zdr_sim: Sim,
 ) -> Iterator[Zdr]:
+    """On SQLite and on the session's PostgreSQL database (each test seeds its own account)."""
+    database_url = request.getfixturevalue("postgres_url") if request.param != "sqlite" else None
     env = {
         # OpenAI: a ZDR endpoint and key of its own; groq: only a ZDR key (same base URL);
         # anthropic: no ZDR configuration at all.
@@ -104,7 +109,7 @@ def zdr(
         "TOLLGATE_PROVIDERS__GROQ__ZDR_API_KEY": ZDR_GROQ_KEY,
         "TOLLGATE_OPERATOR__MASTER_KEY": base64.b64encode(b"z" * 32).decode(),
     }
-    with start_gateway(**env) as gateway:
+    with start_gateway(database_url, **env) as gateway:
         cf = cloudflare.Cloudflare(
             api_token=gateway.account.token, base_url=f"{gateway.url}/client/v4", max_retries=0
         )
