@@ -2,7 +2,8 @@
 
 Requests under `/v1/` (the data plane) go straight to a raw ASGI handler; everything else (the
 management and admin APIs, operations endpoints) goes to a FastAPI app, which costs more per
-request but gives typed models and OpenAPI where speed does not matter.
+request but gives typed models and OpenAPI where speed does not matter. `/dashboard` is the
+server-rendered dashboard (`tollgate.dashboard`), a Starlette app of its own.
 
 The lifespan owns every resource: database migrations, the upstream connection pool, the ledger's
 maintenance task, and in sandbox mode the in-process simulator. It closes them all on shutdown.
@@ -32,6 +33,7 @@ from tollgate.api.provider_configs import provider_configs_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
 from tollgate.billing.maintenance import Maintenance
 from tollgate.credentials import managed_targets
+from tollgate.dashboard import Dashboard
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from tollgate.providers.registry import PROVIDERS
 from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
@@ -108,6 +110,11 @@ def _is_rest_inference(path: str) -> bool:
     return len(parts) > 6 and parts[5] == "ai" and parts[6] in ("v1", "run")
 
 
+def _is_dashboard(path: str) -> bool:
+    """`/dashboard/...` (and PRODUCT.md's short `/dash`, which redirects there)."""
+    return path.startswith(("/dashboard/", "/dash/")) or path in ("/dashboard", "/dash")
+
+
 class TollgateApp:
     """The ASGI callable: routes by path prefix, owns the lifespan."""
 
@@ -116,6 +123,7 @@ class TollgateApp:
         self.upstream = Upstream(services.settings.upstream)
         self.dataplane = DataPlane(services, self.upstream)
         self.control = _control_app(services)
+        self.dashboard = Dashboard(services)
         self._exit_stack: contextlib.AsyncExitStack | None = None
         # Called once start-up is complete (the CLI prints the sandbox banner with it).
         self.announce: Callable[[Services, SandboxCredentials | None], None] | None = None
@@ -126,6 +134,8 @@ class TollgateApp:
             await self.dataplane(scope, receive, send)
         elif scope["type"] == "http" and _is_rest_inference(scope["path"]):
             await self.dataplane.rest(scope, receive, send)
+        elif scope["type"] == "http" and _is_dashboard(scope["path"]):
+            await self.dashboard(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
