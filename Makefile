@@ -19,8 +19,9 @@ run: install
 	$(BIN)/tollgate serve
 
 # Two workers: the machine has two cores, and most of the suite waits on servers and databases.
+# loadgroup: tests marked with one xdist_group (the browser tests) run on one worker.
 test: install
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check src tests bench

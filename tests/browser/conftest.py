@@ -69,8 +69,11 @@ def off_loop(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return pool.submit(function, *args, **kwargs).result()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module, not per session: while Playwright runs, this thread has a running event loop,
+    so every later test on the same worker that calls `asyncio.run` would fail. The browser
+    modules form one xdist group (`pytestmark`), so they run back to back on one worker."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import PHONE, Live, check_accessibility, screenshot, sign_in
@@ -16,6 +17,10 @@ from tollgate import money
 from tollgate.dashboard.format import usd
 from tollgate.dashboard.routes import CSRF_MESSAGE
 from tollgate.dashboard.sessions import IDLE_SECONDS
+
+# One xdist worker runs every browser test back to back (`make test` uses --dist loadgroup):
+# see the `browser` fixture.
+pytestmark = pytest.mark.xdist_group("browser")
 
 NewPage = Callable[..., Page]
 
