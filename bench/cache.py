@@ -28,7 +28,6 @@ the gateway failed any request under load.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -36,7 +35,6 @@ import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import dataplane as dp
@@ -65,19 +63,13 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        def number(name: str, default: str, low: int = 1) -> int:
-            value = int(env.get(name) or default)
-            if value < low:
-                raise SystemExit(f"{name} must be at least {low} (got {value})")
-            return value
-
         levels = (env.get("BENCH_CACHE_CONCURRENCY") or "1,16").split(",")
         return cls(
-            seconds=number("BENCH_SECONDS", "3"),
-            rounds=number("BENCH_ROUNDS", "3"),
-            warmup=number("BENCH_WARMUP", "1"),
+            seconds=dp.env_int(env, "BENCH_SECONDS", "3"),
+            rounds=dp.env_int(env, "BENCH_ROUNDS", "3"),
+            warmup=dp.env_int(env, "BENCH_WARMUP", "1"),
             concurrency=tuple(int(c) for c in levels),
-            stream_concurrency=number("BENCH_CACHE_STREAM_CONCURRENCY", "16", low=0),
+            stream_concurrency=dp.env_int(env, "BENCH_CACHE_STREAM_CONCURRENCY", "16", low=0),
             idle_wait=float(env.get("BENCH_IDLE_WAIT") or 20),
         )
 
@@ -247,13 +239,7 @@ def main() -> int:
     result["env"] = env
     markdown = render(result)
     print("\n" + markdown)
-    stamp = datetime.now(UTC)
-    (dp.RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    out = dp.RESULTS / f"{stamp:%Y-%m-%d}-cache.md"
-    out.write_text(markdown)
-    raw = dp.RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-cache.json"
-    raw.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out.relative_to(dp.ROOT)} and {raw.relative_to(dp.ROOT)}")
+    dp.write_results(result, markdown, "cache")
     arms = ("hit", "miss", "off")
     failed = sum(c["summary"][arm]["failed"] for c in result["cells"] for arm in arms)
     if failed:

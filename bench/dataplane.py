@@ -71,6 +71,25 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BILLING_CPU_TARGET = 1.20
 
 
+def env_int(env: Mapping[str, str], name: str, default: str, low: int = 1) -> int:
+    """An integer option from the environment, at least `low` (every runner's options)."""
+    value = int(env.get(name) or default)
+    if value < low:
+        raise SystemExit(f"{name} must be at least {low} (got {value})")
+    return value
+
+
+def write_results(result: dict[str, Any], markdown: str, name: str) -> None:
+    """`bench/results/<date>-<name>.md` and the raw figures as `raw/<timestamp>-<name>.json`."""
+    stamp = datetime.now(UTC)
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{stamp:%Y-%m-%d}-{name}.md"
+    out.write_text(markdown)
+    raw = RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-{name}.json"
+    raw.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out.relative_to(ROOT)} and {raw.relative_to(ROOT)}")
+
+
 @dataclass(frozen=True)
 class Config:
     seconds: int
@@ -81,19 +100,13 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        def positive(name: str, default: str) -> int:
-            value = int(env.get(name) or default)
-            if value < 1:
-                raise SystemExit(f"{name} must be a positive integer (got {value})")
-            return value
-
         levels = (env.get("BENCH_CONCURRENCY") or "1,16,64").split(",")
         return cls(
-            seconds=positive("BENCH_SECONDS", "8"),
-            rounds=positive("BENCH_ROUNDS", "3"),
-            warmup=positive("BENCH_WARMUP", "2"),
+            seconds=env_int(env, "BENCH_SECONDS", "8"),
+            rounds=env_int(env, "BENCH_ROUNDS", "3"),
+            warmup=env_int(env, "BENCH_WARMUP", "2"),
             concurrency=tuple(int(c) for c in levels),
-            stream_concurrency=positive("BENCH_STREAM_CONCURRENCY", "16"),
+            stream_concurrency=env_int(env, "BENCH_STREAM_CONCURRENCY", "16"),
         )
 
 
@@ -680,13 +693,7 @@ def main() -> int:
     result["env"] = env
     markdown = report.render(result)
     print("\n" + markdown)
-    stamp = datetime.now(UTC)
-    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{stamp:%Y-%m-%d}-dataplane.md"
-    out.write_text(markdown)
-    raw = RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-dataplane.json"
-    raw.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out.relative_to(ROOT)} and {raw.relative_to(ROOT)}")
+    write_results(result, markdown, "dataplane")
     failed = sum(
         c["summary"]["failed_gateway"] + c["summary"]["failed_byok"] for c in result["cells"]
     )

@@ -31,7 +31,6 @@ import sys
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import dataplane as dp
@@ -50,19 +49,13 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        def positive(name: str, default: str) -> int:
-            value = int(env.get(name) or default)
-            if value < 1:
-                raise SystemExit(f"{name} must be a positive integer (got {value})")
-            return value
-
         levels = (env.get("BENCH_LOGGING_CONCURRENCY") or "16").split(",")
         return cls(
-            seconds=positive("BENCH_SECONDS", "3"),
-            rounds=positive("BENCH_ROUNDS", "2"),
-            warmup=positive("BENCH_WARMUP", "1"),
+            seconds=dp.env_int(env, "BENCH_SECONDS", "3"),
+            rounds=dp.env_int(env, "BENCH_ROUNDS", "2"),
+            warmup=dp.env_int(env, "BENCH_WARMUP", "1"),
             concurrency=tuple(int(c) for c in levels),
-            stream_concurrency=positive("BENCH_STREAM_CONCURRENCY", "16"),
+            stream_concurrency=dp.env_int(env, "BENCH_STREAM_CONCURRENCY", "16"),
         )
 
 
@@ -222,13 +215,7 @@ def main() -> int:
     result["env"] = env
     markdown = render(result)
     print("\n" + markdown)
-    stamp = datetime.now(UTC)
-    (dp.RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    out = dp.RESULTS / f"{stamp:%Y-%m-%d}-logging.md"
-    out.write_text(markdown)
-    (dp.RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-logging.json").write_text(
-        json.dumps(result, indent=2)
-    )
+    dp.write_results(result, markdown, "logging")
     failed = sum(
         c["summary"][a]["failed"] for c in result["cells"] for a in ("logs-on", "logs-off")
     )

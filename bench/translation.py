@@ -80,12 +80,6 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        def positive(name: str, default: str) -> int:
-            value = int(env.get(name) or default)
-            if value < 1:
-                raise SystemExit(f"{name} must be a positive integer (got {value})")
-            return value
-
         levels = (env.get("BENCH_TRANSLATION_CONCURRENCY") or "1,16").split(",")
         keys = env.get("BENCH_TRANSLATION_KEYS") or "byok"
         if keys not in KEYS:
@@ -93,9 +87,9 @@ class Config:
                 f"BENCH_TRANSLATION_KEYS must be one of {', '.join(KEYS)} (got {keys})"
             )
         return cls(
-            seconds=positive("BENCH_SECONDS", "3"),
-            rounds=positive("BENCH_ROUNDS", "3"),
-            warmup=positive("BENCH_WARMUP", "1"),
+            seconds=dp.env_int(env, "BENCH_SECONDS", "3"),
+            rounds=dp.env_int(env, "BENCH_ROUNDS", "3"),
+            warmup=dp.env_int(env, "BENCH_WARMUP", "1"),
             concurrency=tuple(int(c) for c in levels),
             keys=keys,
         )
@@ -465,13 +459,7 @@ def main() -> int:
     result["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds())
     markdown = report.render_translation(result)
     print("\n" + markdown)
-    stamp = datetime.now(UTC)
-    (dp.RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    out = dp.RESULTS / f"{stamp:%Y-%m-%d}-translation.md"
-    out.write_text(markdown)
-    raw = dp.RESULTS / "raw" / f"{stamp:%Y-%m-%dT%H%M%SZ}-translation.json"
-    raw.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out.relative_to(dp.ROOT)} and {raw.relative_to(dp.ROOT)}")
+    dp.write_results(result, markdown, "translation")
     failed = sum(c["summary"][f"failed_{a}"] for c in result["cells"] for a in ("native", "compat"))
     if failed:
         print(f"FAILED: the gateway failed {failed} requests under load; see 'Errors under load'")

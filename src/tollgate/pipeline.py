@@ -88,13 +88,9 @@ async def proxy_native(
     options = credential_options(cf)
     retry = read_retry_headers(cf)
     caching = cache_options(cf)
-    gateway = await resolve_gateway(
-        services, request.account_id, request.gateway_id, principal, inbound
+    gateway = await enter_gateway(
+        services, request.account_id, request.gateway_id, principal, inbound, request.ctx
     )
-    request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
-    # A Universal fallback step is the same request: counted once. No await without a limit.
-    if not request.ctx.step and gateway_limit(gateway) is not None:
-        await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
     cache = await services.response_cache.open(
         caching, gateway, request.method, lambda: native_cache_parts(request, inbound)
     )
@@ -196,6 +192,25 @@ def parse_json_object(
     if not isinstance(parsed, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return parsed
+
+
+async def enter_gateway(
+    services: Services,
+    account_id: str,
+    gateway_id: str,
+    principal: Principal | None,
+    inbound: InboundCredentials,
+    ctx: RequestContext,
+) -> GatewayRecord:
+    """The gateway step of every surface: resolve the gateway, mark the request as authorized
+    for it (it is logged there from now on), and count it against the gateway's rate limit (a
+    429 before the cache and billing). A Universal fallback step is the same request: counted
+    once. No await at all when the gateway sets no limit (most requests)."""
+    gateway = await resolve_gateway(services, account_id, gateway_id, principal, inbound)
+    ctx.gateway = gateway
+    if not ctx.step and gateway_limit(gateway) is not None:
+        await services.rate_limiter.enforce(gateway)
+    return gateway
 
 
 async def resolve_gateway(

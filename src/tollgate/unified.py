@@ -41,15 +41,14 @@ from tollgate.embeddings import (
 from tollgate.errors import GatewayError, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
 from tollgate.features.headers import gateway_headers
-from tollgate.features.ratelimit import gateway_limit
 from tollgate.features.response_cache import NO_CACHE, CacheUse, cache_options, key_parts
 from tollgate.features.retry import NO_RETRIES, RetryPolicy, read_retry_headers, retry_policy
 from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.pipeline import (
     CUSTOM_PREFIX,
     authenticate,
+    enter_gateway,
     parse_json_object,
-    resolve_gateway,
 )
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
@@ -125,12 +124,9 @@ async def route_request(
     options = credential_options(cf)
     retry = read_retry_headers(cf)
     caching = cache_options(cf)
-    gateway = await resolve_gateway(
-        services, request.account_id, request.gateway_id, principal, inbound
+    gateway = await enter_gateway(
+        services, request.account_id, request.gateway_id, principal, inbound, request.ctx
     )
-    request.ctx.gateway = gateway  # authorized: the request is logged into this gateway
-    if gateway_limit(gateway) is not None:  # no await when the gateway sets no limit
-        await services.rate_limiter.enforce(gateway)  # a 429 before the cache and billing
     cache = await services.response_cache.open(
         caching, gateway, "POST", lambda: unified_cache_parts(request, inbound)
     )

@@ -18,13 +18,8 @@ import openai
 import pytest
 import redis
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import Gateway, Sim, provider_env
+from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import Books, books
-from tests.support.accounts import seed_account
-from tests.support.server import serve_in_thread
-from tollgate.app import create_app
-from tollgate.settings import load_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SETTINGS = {
@@ -127,24 +122,9 @@ def running(
     engine, backend = request.param
     env = gateway_env(backend, redis_prefix)
     prefix = redis_prefix if backend == "redis" else None
-    if engine == "sqlite":
-        with request.getfixturevalue("start_gateway")(**env) as gateway:
-            yield Running(gateway, sim, prefix)
-        return
-    database_url = request.getfixturevalue("postgres_url")
-    settings = load_settings(
-        env={
-            "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-            "TOLLGATE_DATABASE_URL": database_url,
-            "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-            **provider_env(sim.url),
-            **env,
-        }
-    )
-    account = seed_account(database_url)
-    sim.clear()
-    with serve_in_thread(create_app(settings)) as url:
-        yield Running(Gateway(url, database_url, account), sim, prefix)
+    database_url = request.getfixturevalue("postgres_url") if engine != "sqlite" else None
+    with request.getfixturevalue("start_gateway")(database_url, **env) as gateway:
+        yield Running(gateway, sim, prefix)
 
 
 @pytest.fixture

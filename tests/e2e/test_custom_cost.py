@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,15 +21,10 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import Gateway, Sim, provider_env
+from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import books, header_nanos, one_usage_entry, run_store
-from tests.support.accounts import seed_account
 from tests.support.databases import fresh_postgres_database
-from tests.support.server import serve_in_thread
-from tollgate.app import create_app
 from tollgate.billing.limits import rule_key
-from tollgate.settings import load_settings
 from tollgate.store import Store
 from tollgate.store import limits as limits_repo
 from tollgate.store.schema_billing import holds
@@ -56,36 +50,19 @@ DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @contextmanager
-def gateways_on(engine: str, tmp_path: Path, sim: Sim) -> Iterator[StartGateway]:
-    """Start gateways on SQLite or on a fresh PostgreSQL database, providers on the simulator
+def gateways_on(engine: str, start_gateway: StartGateway) -> Iterator[StartGateway]:
+    """Start gateways (conftest's `start_gateway`) on SQLite or on a fresh PostgreSQL database
     (shared with test_metadata.py)."""
-
-    @contextmanager
-    def run(database_url: str, **env: str) -> Iterator[Gateway]:
-        settings = load_settings(
-            env={
-                "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-                "TOLLGATE_DATABASE_URL": database_url,
-                "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-                **provider_env(sim.url),
-                **env,
-            }
-        )
-        account = seed_account(database_url)
-        sim.clear()
-        with serve_in_thread(create_app(settings)) as url:
-            yield Gateway(url, database_url, account)
-
     if engine == "sqlite":
-        yield lambda **env: run(f"sqlite:///{tmp_path / 'gw.db'}", **env)
+        yield lambda **env: start_gateway(**env)
     else:
         with fresh_postgres_database() as url:
-            yield lambda **env: run(url, **env)
+            yield lambda **env: start_gateway(url, **env)
 
 
 @pytest.fixture(params=DATABASES)
-def start(request: pytest.FixtureRequest, tmp_path: Path, sim: Sim) -> Iterator[StartGateway]:
-    with gateways_on(request.param, tmp_path, sim) as starter:
+def start(request: pytest.FixtureRequest, start_gateway: StartGateway) -> Iterator[StartGateway]:
+    with gateways_on(request.param, start_gateway) as starter:
         yield starter
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,6 +21,7 @@ from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import books, one_usage_entry
 from tests.e2e.test_custom_cost import (
     DATABASES,
+    StartGateway,
     bucket_total,
     create_gateway,
     gateway_ids,
@@ -37,8 +37,8 @@ TEAM_LIMIT_USD = 0.0002
 
 
 @pytest.fixture(params=DATABASES)
-def gateway(request: pytest.FixtureRequest, tmp_path: Path, sim: Sim) -> Iterator[Gateway]:
-    with gateways_on(request.param, tmp_path, sim) as start, start() as running:
+def gateway(request: pytest.FixtureRequest, start_gateway: StartGateway) -> Iterator[Gateway]:
+    with gateways_on(request.param, start_gateway) as start, start() as running:
         yield running
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -21,13 +20,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import Gateway, Sim, provider_env
+from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import Books, books, header_nanos
-from tests.support.accounts import seed_account
-from tests.support.server import serve_in_thread
-from tollgate.app import create_app
-from tollgate.settings import load_settings
 
 MODEL = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-6"
@@ -41,26 +35,12 @@ REQUIRED_GATEWAY_FIELDS: dict[str, Any] = {
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def any_gateway(request: pytest.FixtureRequest, tmp_path: Path, sim: Sim) -> Iterator[Gateway]:
+def any_gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """The e2e gateway on SQLite (the shared fixture) and on PostgreSQL (the session's fresh
     database; every test seeds its own account there)."""
-    if request.param == "sqlite":
-        with request.getfixturevalue("start_gateway")() as running:
-            yield running
-        return
-    database_url = request.getfixturevalue("postgres_url")
-    settings = load_settings(
-        env={
-            "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-            "TOLLGATE_DATABASE_URL": database_url,
-            "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-            **provider_env(sim.url),
-        }
-    )
-    account = seed_account(database_url)
-    sim.clear()
-    with serve_in_thread(create_app(settings)) as url:
-        yield Gateway(url, database_url, account)
+    database_url = request.getfixturevalue("postgres_url") if request.param != "sqlite" else None
+    with request.getfixturevalue("start_gateway")(database_url) as running:
+        yield running
 
 
 def fail_key() -> str:
