@@ -20,15 +20,9 @@ import redis
 
 from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import Books, books
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SETTINGS = {
-    "cache_invalidate_on_update": False,
-    "cache_ttl": 0,
-    "collect_logs": True,
-    "rate_limiting_interval": 0,
-    "rate_limiting_limit": 0,
-}
 
 
 @dataclass
@@ -50,12 +44,12 @@ class Running:
 
     def create_gateway(self, gateway_id: str, **settings: Any) -> None:
         self.management().ai_gateway.create(
-            account_id=self.account_id, id=gateway_id, **{**SETTINGS, **settings}
+            account_id=self.account_id, id=gateway_id, **{**REQUIRED_GATEWAY_FIELDS, **settings}
         )
 
     def update_gateway(self, gateway_id: str, **settings: Any) -> None:
         self.management().ai_gateway.update(
-            gateway_id, account_id=self.account_id, **{**SETTINGS, **settings}
+            gateway_id, account_id=self.account_id, **{**REQUIRED_GATEWAY_FIELDS, **settings}
         )
 
     def openai(self, gateway_id: str, **headers: str) -> openai.OpenAI:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import books, header_nanos, one_usage_entry, run_store
 from tests.support.databases import fresh_postgres_database
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 from tollgate.billing.limits import rule_key
 from tollgate.store import Store
 from tollgate.store import limits as limits_repo
@@ -32,13 +33,6 @@ from tollgate.store.schema_billing import holds
 OWN_OPENAI_KEY = "sk-client-own-openai-key"
 OWN_ANTHROPIC_KEY = "sk-ant-client-own-key"
 UNPRICED_MODEL = "my-finetune-v1"  # not in the catalog
-REQUIRED: dict[str, Any] = {
-    "cache_invalidate_on_update": False,
-    "cache_ttl": 0,
-    "collect_logs": True,
-    "rate_limiting_interval": 0,
-    "rate_limiting_limit": 0,
-}
 # USD per token -> nano-dollars per token: 1000, 2000 and 100 (cache reads).
 RATES = {"per_token_in": 0.000001, "per_token_out": 0.000002, "per_cache_read_token": 1e-7}
 IN, OUT, READ = 1000, 2000, 100
@@ -81,7 +75,9 @@ def management(gateway: Gateway) -> cloudflare.Cloudflare:
 def create_gateway(gateway: Gateway, gateway_id: str, **settings: Any) -> None:
     with management(gateway) as client:
         client.ai_gateway.create(
-            account_id=gateway.account.account_id, id=gateway_id, **{**REQUIRED, **settings}
+            account_id=gateway.account.account_id,
+            id=gateway_id,
+            **{**REQUIRED_GATEWAY_FIELDS, **settings},
         )
 
 

@@ -26,6 +26,7 @@ import pytest
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import Sim, provider_env
 from tests.support.accounts import Seeded, add_token, seed_account
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 from tests.support.server import serve_in_thread
 from tollgate.app import create_app
 from tollgate.settings import load_settings
@@ -123,14 +124,7 @@ def logged(start_logged: Callable[..., AbstractContextManager[Logged]]) -> Itera
 
 
 def create_gateway(logged: Logged, gateway_id: str, **settings: Any) -> None:
-    body = {
-        "cache_invalidate_on_update": False,
-        "cache_ttl": 0,
-        "collect_logs": True,
-        "rate_limiting_interval": 0,
-        "rate_limiting_limit": 0,
-        **settings,
-    }
+    body = {**REQUIRED_GATEWAY_FIELDS, **settings}
     logged.cf.create(account_id=logged.account.account_id, id=gateway_id, **body)
 
 

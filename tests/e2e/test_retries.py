@@ -22,16 +22,10 @@ import pytest
 
 from tests.e2e.conftest import Gateway, Sim
 from tests.e2e.test_billing_cost import Books, books, header_nanos
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 
 MODEL = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-6"
-REQUIRED_GATEWAY_FIELDS: dict[str, Any] = {
-    "cache_invalidate_on_update": False,
-    "cache_ttl": 0,
-    "collect_logs": True,
-    "rate_limiting_interval": 0,
-    "rate_limiting_limit": 0,
-}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -25,6 +25,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import MANAGED_OPENAI_KEY, Gateway, Sim, managed_key, provider_env
 from tests.e2e.test_billing_cost import books
 from tests.support.accounts import seed_account
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 from tests.support.server import serve_in_thread
 from tollgate.app import create_app
 from tollgate.settings import load_settings
@@ -34,13 +35,6 @@ MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 STORED_OPENAI = "sk-stored-openai-0123456789abcdef"
 STORED_ANTHROPIC = "sk-ant-stored-0123456789abcdef"
 HI = [{"role": "user", "content": "hi"}]
-GATEWAY_SETTINGS: dict[str, Any] = {
-    "cache_invalidate_on_update": False,
-    "cache_ttl": 0,
-    "collect_logs": True,
-    "rate_limiting_interval": 0,
-    "rate_limiting_limit": 0,
-}
 
 
 @dataclass
@@ -85,7 +79,7 @@ class Keyed:
 
     def create_gateway(self, gateway_id: str, **settings: Any) -> None:
         self.cf.ai_gateway.create(
-            account_id=self.account_id, id=gateway_id, **GATEWAY_SETTINGS, **settings
+            account_id=self.account_id, id=gateway_id, **REQUIRED_GATEWAY_FIELDS, **settings
         )
 
     def openai(self, gateway_id: str = "default", api_key: str | None = None) -> openai.OpenAI:

@@ -19,19 +19,13 @@ import openai
 import pytest
 
 from tests.e2e.conftest import MANAGED_OPENAI_KEY, Gateway, Sim, managed_key
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 from tests.support.server import serve_in_thread
 from tollgate.sim import create_sim_app
 
 ZDR_OPENAI_KEY = "sk-zdr-openai-operator"
 ZDR_GROQ_KEY = "gsk-zdr-groq-operator"
 HI = [{"role": "user", "content": "hi"}]
-GATEWAY_SETTINGS: dict[str, Any] = {
-    "cache_invalidate_on_update": False,
-    "cache_ttl": 0,
-    "collect_logs": True,
-    "rate_limiting_interval": 0,
-    "rate_limiting_limit": 0,
-}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ class Zdr:
         return self.cf.ai_gateway.create(
             account_id=self.gateway.account.account_id,
             id=gateway_id,
-            **GATEWAY_SETTINGS,
+            **REQUIRED_GATEWAY_FIELDS,
             **settings,
         )
 
