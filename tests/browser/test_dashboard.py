@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import PHONE, Live, check_accessibility, screenshot, sign_in
 from tollgate import money
 from tollgate.dashboard.format import usd
-from tollgate.dashboard.routes import CSRF_MESSAGE
+from tollgate.dashboard.core import CSRF_MESSAGE
 from tollgate.dashboard.sessions import IDLE_SECONDS
 
 # One xdist worker runs every browser test back to back (`make test` uses --dist loadgroup):
