@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint docs bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# Regenerate the parts of docs/ that are generated (the configuration reference's key table).
+docs: install
+	$(BIN)/python -m tollgate.settings_reference
 
 bench: install
 	bash bench/run.sh
