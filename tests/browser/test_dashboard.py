@@ -14,8 +14,8 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import PHONE, Live, check_accessibility, screenshot, sign_in
 from tollgate import money
+from tollgate.dashboard.core import CSRF_MESSAGE, SECTIONS
 from tollgate.dashboard.format import usd
-from tollgate.dashboard.core import CSRF_MESSAGE
 from tollgate.dashboard.sessions import IDLE_SECONDS
 
 # One xdist worker runs every browser test back to back (`make test` uses --dist loadgroup):
@@ -274,15 +274,19 @@ def test_every_page_fits_a_phone(live_sqlite: Live, new_page: NewPage) -> None:
     screenshot(page, "overview-phone-after-redirect")
 
 
-def test_sections_not_built_yet_say_so(live_sqlite: Live, new_page: NewPage) -> None:
+def test_every_section_in_the_navigation_opens_its_page(
+    live_sqlite: Live, new_page: NewPage
+) -> None:
     page = new_page()
     sign_in(page, live_sqlite)
-    page.get_by_role("link", name="Gateways").click()
-    expect(page.get_by_role("heading", name="Not built yet")).to_be_visible()
-    expect(page.locator("main")).to_contain_text("/ai-gateway/gateways")
-    screenshot(page, "coming-soon-desktop")
-    check_accessibility(page)
-    response = page.goto(f"{live_sqlite.dashboard}/{live_sqlite.account.account_id}/nope")
+    base = f"{live_sqlite.dashboard}/{live_sqlite.account.account_id}"
+    for path, title in SECTIONS:
+        page.get_by_role("navigation", name="Sections").get_by_role("link", name=title).click()
+        expect(page).to_have_url(f"{base}/{path}" if path else base)
+        current = page.get_by_role("navigation", name="Sections").locator("[aria-current=page]")
+        expect(current).to_have_text(title)
+        expect(page.locator("main")).not_to_contain_text("Not built yet")
+    response = page.goto(f"{base}/nope")
     assert response is not None and response.status == 404
     page.goto(f"{live_sqlite.dashboard}/sign-in")
     expect(page).to_have_url(f"{live_sqlite.dashboard}/{live_sqlite.account.account_id}")

@@ -31,9 +31,10 @@ def test_the_table_shows_the_models_defaults_and_bounds() -> None:
     rows = {line.split("|")[1].strip(): line for line in ref.render_keys_table().splitlines()}
     port = rows["`server.port`<br>`TOLLGATE_SERVER__PORT`"]
     assert "`8787`" in port and "≤ 65535" in port
-    assert "`sandbox`, `stripe`" in rows[
-        "`billing.payment_provider`<br>`TOLLGATE_BILLING__PAYMENT_PROVIDER`"
-    ]
+    assert (
+        "`sandbox`, `stripe`"
+        in rows["`billing.payment_provider`<br>`TOLLGATE_BILLING__PAYMENT_PROVIDER`"]
+    )
     assert "(256 KiB)" in rows["`logs.body_max_bytes`<br>`TOLLGATE_LOGS__BODY_MAX_BYTES`"]
 
 

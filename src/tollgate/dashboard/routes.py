@@ -7,8 +7,7 @@ the management API (PRODUCT.md §2.4).
     POST /dashboard/sign-out             end the session
     GET  /dashboard/{account_id}         overview: Credits Available, spend, forecast   (read)
     ...  /dashboard/{account_id}/...     one module per page (`PAGE_MODULES`; each documents its
-                                         routes): limit.py, ...
-    GET  /dashboard/{account_id}/{section}  sections not built yet: an honest empty state
+                                         routes): credits, gateways, limit, logs, usage, tokens
     GET  /dashboard/static/...           CSS and images, served by tollgate itself
 
 A page checks, on every request, the session (`sessions.py`), that its API token still verifies,
@@ -28,11 +27,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tollgate.dashboard import limit
+from tollgate.dashboard import credits, gateways, limit, logs, tokens, usage
 from tollgate.dashboard.core import (
     CSRF_MESSAGE,
     NOTICES,
-    SECTIONS,
     DashboardCore,
     Viewer,
     form_or_empty,
@@ -56,19 +54,7 @@ from tollgate.services import Services
 __all__ = ["CSRF_MESSAGE", "Dashboard"]
 
 # Each page module exposes `routes(core) -> list[Route]` (paths relative to /dashboard).
-PAGE_MODULES: tuple[ModuleType, ...] = (limit,)
-
-API = "/client/v4/accounts/{account}/ai-gateway"
-_BILLING = "the billing API, with the same API token"
-_MANAGEMENT = "the management API, with the same API token"
-# Sections whose page is not built yet: (what to use meanwhile, how).
-COMING_SOON = {
-    "credits": (_BILLING, f"{API}/billing/topup, topup/config, invoice-history"),
-    "gateways": (_MANAGEMENT, f"{API}/gateways"),
-    "logs": (_MANAGEMENT, f"{API}/gateways/{{gateway_id}}/logs"),
-    "usage": (_BILLING, f"{API}/billing/usage-history, invoice-preview"),
-    "tokens": ("the operator's CLI", "tollgate tokens create | list | revoke"),
-}
+PAGE_MODULES: tuple[ModuleType, ...] = (limit, credits, logs, gateways, usage, tokens)
 
 
 class Dashboard:
@@ -94,7 +80,6 @@ class Dashboard:
                         Route("/sign-out", self.sign_out, methods=["POST"]),
                         Route("/{account_id}", self.overview, methods=["GET"]),
                         *pages,
-                        Route("/{account_id}/{section}", self.not_built, methods=["GET"]),
                     ],
                 ),
                 Route(BASE, self.home, methods=["GET"]),
@@ -219,16 +204,3 @@ class Dashboard:
         data = await load_overview(self.services.store, self.services.topups, viewer.account)
         context = self.core.shell(viewer, "", data=data, error=error)
         return self.pages.render("overview.html", context, status=status)
-
-    async def not_built(self, request: Request) -> Response:
-        section = request.path_params["section"]
-        if section not in COMING_SOON:
-            return self.core.not_found(request)
-        viewer = await self.core.viewer(request)
-        if not isinstance(viewer, Viewer):
-            return viewer
-        means, how = COMING_SOON[section]
-        how = how.replace("{account}", viewer.account.id)
-        title = dict(SECTIONS)[section]
-        context = self.core.shell(viewer, section, title=title, means=means, how=how)
-        return self.pages.render("coming_soon.html", context)
