@@ -2,7 +2,10 @@
 
 The body is `{"model": "{provider}/{model}", "input": {...}}`. For chat models the input is the
 chat request without its model (`messages`, `max_tokens`, `stream`...), or `{"prompt": "..."}`
-for a single user turn. It runs through the Unified API in OpenAI's format, and a non-streamed
+for a single user turn. For embedding models it is `{"text": "..." | [...]}` (Workers AI's
+embedding input) or OpenAI's `{"input": ...}`, plus any other embedding parameters
+(`dimensions`, `encoding_format`). It runs through the Unified API in OpenAI's format (chat
+completions or embeddings), and a non-streamed
 answer comes back wrapped as Cloudflare wraps third-party models:
 `{"state": "Completed", "result": {...}, "gatewayMetadata": {"keySource": "Unified"}}`.
 Streams are relayed as OpenAI chunks, unwrapped. The REST surface always bills the operator's
@@ -22,8 +25,9 @@ from tollgate.pipeline import parse_json_object
 _ENVELOPE_KEY_SOURCE = {"keySource": "Unified"}
 
 
-def run_body_as_chat(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    """Turn the `/ai/run` envelope into an OpenAI chat request body."""
+def run_body(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[str, bytes]:
+    """The `/ai/run` envelope as a Unified API request: `("chat/completions", body)` or
+    `("embeddings", body)`, in OpenAI's format."""
     envelope = parse_json_object(headers, body, "ai/run")
     model, inputs = envelope.get("model"), envelope.get("input")
     if not isinstance(model, str) or not model:
@@ -34,6 +38,12 @@ def run_body_as_chat(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
             '{"prompt": "..."}.',
             param="input",
         )
+    if (
+        "messages" not in inputs
+        and "prompt" not in inputs
+        and ("text" in inputs or "input" in inputs)
+    ):
+        return "embeddings", orjson.dumps(_embeddings_request(model, inputs))
     chat: dict[str, Any] = {key: value for key, value in inputs.items() if key != "prompt"}
     if "messages" not in chat:
         prompt = inputs.get("prompt")
@@ -43,7 +53,20 @@ def run_body_as_chat(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
             )
         chat["messages"] = [{"role": "user", "content": prompt}]
     chat["model"] = model
-    return orjson.dumps(chat)
+    return "chat/completions", orjson.dumps(chat)
+
+
+def _embeddings_request(model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    if "text" in inputs and "input" in inputs:
+        raise InvalidRequest(
+            "input has both text and input: give the texts to embed once, as text.",
+            param="input.text",
+        )
+    request = {key: value for key, value in inputs.items() if key != "text"}
+    if "text" in inputs:
+        request["input"] = inputs["text"]
+    request["model"] = model
+    return request
 
 
 class EnvelopeSend:

@@ -393,6 +393,29 @@ def test_rest_ai_run_wraps_the_answer_in_cloudflares_envelope(gateway: Gateway, 
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 
 
+def test_rest_ai_run_embeds_texts_in_the_envelope(gateway: Gateway) -> None:
+    url = f"{gateway.url}/client/v4/accounts/{gateway.account.account_id}/ai/run"
+    auth = {"authorization": f"Bearer {gateway.account.token}"}
+    for model, inputs, count in (
+        ("openai/text-embedding-3-small", {"text": ["one", "two"]}, 2),  # Workers AI's input
+        ("openai/text-embedding-3-small", {"input": "one", "dimensions": 8}, 1),  # OpenAI's
+        ("google-ai-studio/gemini-embedding-001", {"text": "one"}, 1),
+    ):
+        response = httpx.post(url, headers=auth, json={"model": model, "input": inputs})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["state"] == "Completed" and body["gatewayMetadata"]["keySource"] == "Unified"
+        vectors = body["result"]["data"]
+        assert len(vectors) == count and all(v["embedding"] for v in vectors)
+        assert float(response.headers["cf-aig-cost"]) > 0
+    both = httpx.post(
+        url,
+        headers=auth,
+        json={"model": "openai/text-embedding-3-small", "input": {"text": "a", "input": "b"}},
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "input.text"
+
+
 @pytest.mark.parametrize(
     ("base", "model"),
     [

@@ -51,7 +51,7 @@ def test_run_answers_embedding_models_with_input_or_workers_ai_text(ai: AI) -> N
     assert len(google["data"]) == 1 and google["usage"]["prompt_tokens"] > 0
     assert ai.last_log_id not in (None, first_log)
     log = eventually(lambda: ai.gateway("default").get_log(first_log))
-    assert log["path"] == "embeddings" and log["provider"] == "openai"
+    assert log["path"] == "run" and log["provider"] == "openai"  # the REST surface's /ai/run
 
 
 def test_run_streams_parsed_openai_chunks(ai: AI) -> None:

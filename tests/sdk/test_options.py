@@ -86,16 +86,16 @@ def test_no_options_means_the_default_gateway_and_no_other_header() -> None:
     assert cf_headers(recorder.last) == {"cf-aig-gateway-id": "default"}
 
 
-def test_embedding_inputs_go_to_the_gateways_embeddings_endpoint() -> None:
+def test_embedding_inputs_go_to_ai_run_in_the_envelope() -> None:
     recorder = Recorder()
     client = recorder.client()
     client.run("openai/text-embedding-3-small", {"text": ["a", "b"]}, gateway={"id": "emb"})
     request = recorder.last
-    assert request.url == f"http://gw.test/v1/{ACCOUNT}/emb/compat/embeddings"
-    assert request.headers["cf-aig-authorization"] == f"Bearer {TOKEN}"
-    assert "authorization" not in request.headers
+    assert request.url == f"http://gw.test/client/v4/accounts/{ACCOUNT}/ai/run"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["cf-aig-gateway-id"] == "emb"
     body = json.loads(request.content)
-    assert body == {"model": "openai/text-embedding-3-small", "input": ["a", "b"]}
+    assert body == {"model": "openai/text-embedding-3-small", "input": {"text": ["a", "b"]}}
 
 
 def test_non_ascii_metadata_and_event_id_travel_intact() -> None:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from starlette.types import Receive, Scope, Send
 
-from tollgate.ai_run import EnvelopeSend, run_body_as_chat
+from tollgate.ai_run import EnvelopeSend, run_body
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
 from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -167,13 +167,14 @@ class DataPlane:
                 code="route_not_found",
             )
         body = await read_body(scope, receive, self.max_body)
-        if surface == "rest" and route.path == "run":
-            body = run_body_as_chat(scope["headers"], body)
+        path = route.path
+        if surface == "rest" and path == "run":
+            path, body = run_body(scope["headers"], body)  # chat/completions or embeddings
             send = EnvelopeSend(send)
         request = UnifiedRequest(
             account_id=route.account_id,
             gateway_id=route.gateway_id,
-            path=route.path,
+            path=path,
             headers=scope["headers"],
             query=scope["query_string"],
             body=body,
@@ -182,7 +183,7 @@ class DataPlane:
             ctx=ctx,
             feature_headers=cf,
         )
-        handler = _HANDLERS.get(route.path, proxy_unified)
+        handler = _HANDLERS.get(path, proxy_unified)
         await handler(self.services, self.upstream, request, receive, send, extra)
 
 
@@ -193,7 +194,7 @@ REST_FORMATS = {
     "v1/chat/completions": OPENAI_CHAT,
     "v1/messages": ANTHROPIC_MESSAGES,
     "v1/responses": OPENAI_CHAT,  # errors in OpenAI's format; the body is relayed as is
-    "run": OPENAI_CHAT,  # the envelope is unwrapped to a chat request (tollgate.ai_run)
+    "run": OPENAI_CHAT,  # the envelope is unwrapped to a chat or embeddings request (ai_run)
 }
 _HANDLERS = {"embeddings": proxy_embeddings, "v1/responses": proxy_responses}
 

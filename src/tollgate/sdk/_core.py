@@ -4,18 +4,17 @@ one client, written once, over two transports).
 
 The surfaces each call uses (docs/api.md):
 
-    run, chat-style       POST /client/v4/accounts/{account}/ai/run          {"model", "input"}
-    run, embeddings       POST /v1/{account}/{gateway}/compat/embeddings    OpenAI's body
+    run                   POST /client/v4/accounts/{account}/ai/run          {"model", "input"}
     gateway(id).run       POST /v1/{account}/{gateway}                      the steps
     gateway(id).get_log   GET  /client/v4/accounts/{account}/ai-gateway/gateways/{id}/logs/{log}
     gateway(id).patch_log PATCH (the same)
     models                GET  /client/v4/accounts/{account}/ai/models/search
 
-`/ai/run` takes chat inputs only (`messages` or `prompt`), so an embedding input (`input`, or
-Workers AI's `text`) goes to the Unified API's embeddings endpoint of the same gateway. On the
-REST surface the token goes in `Authorization` and the gateway in `cf-aig-gateway-id`; on the
-data plane the token goes in `cf-aig-authorization`, which leaves `Authorization` free for a
-Universal step's own provider key.
+`/ai/run` takes chat inputs (`messages` or `prompt`) and embedding inputs (`input`, or Workers AI's
+`text`) alike, and answers both in its `{"state", "result"}` envelope. On the REST surface the
+token goes in `Authorization` and the gateway in `cf-aig-gateway-id`; on the data plane the token
+goes in `cf-aig-authorization`, which leaves `Authorization` free for a Universal step's own
+provider key.
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ class ClientCore:
         return {"cf-aig-authorization": f"Bearer {self._token}", "user-agent": USER_AGENT}
 
     def _run_call(self, model: object, inputs: object, gateway: object, stream: bool) -> Call:
-        """The call for `run`: `/ai/run` for chat inputs, `compat/embeddings` for embeddings."""
+        """The call for `run`: `/ai/run`, for chat and embedding inputs alike."""
         if not isinstance(model, str):
             raise TypeError(f"model must be a string, got {type(model).__name__}")
         provider, _, name = model.partition("/")
@@ -130,13 +129,6 @@ class ClientCore:
                 raise ValueError("embeddings are not streamed: call run() with stream=False")
             if "text" in inputs and "input" in inputs:
                 raise ValueError("give the texts to embed as inputs['input'] or ['text'], not both")
-            body = {key: value for key, value in inputs.items() if key != "text"}
-            if "text" in inputs:
-                body["input"] = inputs["text"]  # Workers AI's embedding input
-            body["model"] = model
-            path = f"/v1/{self.account_id}/{gateway_id}/compat/embeddings"
-            headers = {**self._dataplane_headers(), **option_headers}
-            return Call("POST", path, headers, json=body, logged=True)
         chat_input = dict(inputs)
         if stream:
             chat_input["stream"] = True
