@@ -51,7 +51,9 @@ def gemini_embeddings_call(model: str, payload: JSON) -> UpstreamCall:
     )
 
 
-def openai_embeddings_from_gemini(model: str, payload: JSON, body: bytes) -> JSON:
+def openai_embeddings_from_gemini(model: str, payload: JSON, body: bytes) -> tuple[JSON, bool]:
+    """The OpenAI embeddings answer, and whether its token count is an estimate: Gemini's
+    batch answer usually reports no usage, so the count is then a quarter of the characters."""
     parsed = orjson.loads(body)
     vectors = [item.get("values", []) for item in parsed.get("embeddings", [])]
     reported = parsed.get("usageMetadata", {}).get("promptTokenCount")
@@ -60,7 +62,7 @@ def openai_embeddings_from_gemini(model: str, payload: JSON, body: bytes) -> JSO
         if isinstance(reported, int)
         else sum(math.ceil(len(text) / 4) for text in embedding_inputs(payload))
     )
-    return {
+    answer = {
         "object": "list",
         "data": [
             {"object": "embedding", "index": index, "embedding": vector}
@@ -69,3 +71,4 @@ def openai_embeddings_from_gemini(model: str, payload: JSON, body: bytes) -> JSO
         "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+    return answer, not isinstance(reported, int)

@@ -58,7 +58,8 @@ def to_dollars_float(nanos: Nanos) -> float:
 
 
 def format_dollars(nanos: Nanos, places: int = 2) -> str:
-    """Human display: ``$12.34``; smaller amounts keep enough places to not show as zero."""
+    """Human display: ``$12.34``, rounded half up to `places` (two by default, so an amount under
+    half a cent shows as ``$0.00``; the dashboard's `usd` keeps more places for those)."""
     quant = Decimal(1).scaleb(-places)
     amount = to_dollars(nanos).quantize(quant, rounding=ROUND_HALF_UP)
     sign = "-" if amount < 0 else ""

@@ -46,15 +46,23 @@ class Translated:
         self._done = False
 
     async def finish(
-        self, status: int, usage: Usage | None, produced: int = 0, *, complete: bool = True
+        self,
+        status: int,
+        usage: Usage | None,
+        produced: int = 0,
+        *,
+        complete: bool = True,
+        estimated: bool = False,
     ) -> Settlement | None:
+        """Settle once. `estimated`: `usage` is the gateway's estimate, not the provider's
+        count (the charge is flagged so)."""
         if self._done:
             return self.settlement
         self._done = True
         if status >= 400:
             usage, produced = None, 0
         self.settlement = await self.meter.settle(
-            self.admission, usage, produced_bytes=produced, complete=complete
+            self.admission, usage, produced_bytes=produced, complete=complete, estimated=estimated
         )
         return self.settlement
 

@@ -59,8 +59,8 @@ from tollgate.store import GatewayRecord
 from tollgate.translate_relay import Translated, relay_translated, send_json
 from tollgate.upstream import Upstream
 
-# Anthropic requires max_tokens; until the price catalog knows each model's maximum output,
-# a request that sets none gets this many.
+# Anthropic requires max_tokens: a translated request that sets none is sent this many (and its
+# hold is for this many, not for the model's whole maximum output).
 DEFAULT_MAX_TOKENS = 4096
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -257,7 +257,14 @@ async def proxy_unified(
         await relay_as_is(services, upstream, routed, path, receive, send, extra_headers)
         return
     chat = dataclasses.replace(parsed[0], model=routed.model)
-    facts = RequestFacts("chat", routed.model, chat.max_tokens, chat.stream, chat.include_usage)
+    facts = RequestFacts(
+        "chat",
+        routed.model,
+        chat.max_tokens,
+        chat.stream,
+        chat.include_usage,
+        default_output_tokens=DEFAULT_MAX_TOKENS if routed.row.wire == "anthropic" else None,
+    )
     admission = await services.meter.admit(
         account_id=routed.account_id,
         gateway=routed.gateway,
@@ -409,9 +416,11 @@ async def proxy_embeddings(
         rendered = request.client.render_error_body(info.status, info.type, info.message)
         await send_json(send, info.status, orjson.dumps(rendered), extra_headers)
         return
-    result = openai_embeddings_from_gemini(routed.model, routed.payload, body)
+    result, estimated = openai_embeddings_from_gemini(routed.model, routed.payload, body)
     tokens = result["usage"]["prompt_tokens"]
-    settlement = await translated.finish(200, Usage(input_tokens=tokens), len(body))
+    settlement = await translated.finish(
+        200, Usage(input_tokens=tokens), len(body), estimated=estimated
+    )
     extra = extra_headers + cost_headers(settlement)
     await send_json(send, 200, orjson.dumps(result), extra)
 

@@ -88,3 +88,17 @@ async def test_the_background_task_starts_and_stops(env: Env) -> None:
     assert meter._keep_alive is None
     await meter.stop_keep_alive()  # idempotent
     assert env.ledger.hold_ttl == timedelta(minutes=15)
+
+
+async def test_usage_the_caller_estimated_is_charged_as_measured_and_flagged(env: Env) -> None:
+    # Not keep-alive, but the same meter: a provider that reports no count (Gemini's batch
+    # embeddings) is charged the gateway's estimate exactly, flagged estimated in the ledger.
+    account_id = await new_account(env.store, 10**12)
+    meter = Meter(env.store, load_catalog(), env.ledger)
+    admission = await _admit(env, meter, account_id)
+    settlement = await meter.settle(admission, Usage(20, 80), produced_bytes=400, estimated=True)
+    assert settlement is not None and settlement.estimated
+    assert admission.price is not None
+    assert settlement.charged_nanos == meter.catalog.cost("openai", admission.price, Usage(20, 80))
+    snapshot = await check_invariants(env.store, account_id)
+    assert snapshot.resolutions[settlement.hold_id].estimated

@@ -48,6 +48,7 @@ from tollgate.billing.meter import BYTES_PER_OUTPUT_TOKEN, MIN_USEFUL_OUTPUT_TOK
 from tollgate.billing.requests import estimate_prompt_tokens
 from tollgate.canonical import Usage
 from tollgate.sim import text as simtext
+from tollgate.unified import DEFAULT_MAX_TOKENS
 
 StartGateway = Callable[..., AbstractContextManager[Gateway]]
 HELLO: Any = [{"role": "user", "content": "Hello there, how are you today?"}]
@@ -263,6 +264,34 @@ def test_compat_to_anthropic_without_max_tokens_is_capped(gateway: Gateway, sim:
     [upstream] = sim.requests()
     assert json.loads(str(upstream["body"]))["max_tokens"] == cap
     assert books(gateway, account).balance_nanos >= 0
+
+
+def test_compat_to_anthropic_without_max_tokens_holds_the_default_it_sends(
+    gateway: Gateway, sim: Sim
+) -> None:
+    """Anthropic requires max_tokens, so a translated request without one is sent the gateway's
+    default (4096): the hold is for that, not for the model's whole maximum (128,000 tokens,
+    $1.92 of output), so a $1 balance is neither capped nor refused."""
+    account, token = poor_account(gateway, 1_000_000_000)  # $1
+    sim.clear()
+    recorder = Recorder()
+    client = openai.OpenAI(
+        api_key=token,
+        base_url=gateway.base("compat", account),
+        max_retries=0,
+        http_client=recorder.client(),
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model="anthropic/claude-sonnet-4-6", messages=HELLO
+    )
+    assert "cf-aig-max-tokens-capped" not in raw.headers
+    [upstream] = sim.requests()
+    assert json.loads(str(upstream["body"]))["max_tokens"] == DEFAULT_MAX_TOKENS
+    [hold] = books(gateway, account).holds
+    body = recorder.last.request_body
+    assert hold.amount_nanos == needed_nanos(
+        "anthropic", "claude-sonnet-4-6", body, DEFAULT_MAX_TOKENS
+    )
 
 
 @pytest.mark.parametrize(

@@ -192,14 +192,21 @@ class Meter:
             pro_search=_pro_search(price, facts),
         )
         output = 0 if facts.kind == "embeddings" else facts.max_output_tokens
+        # Without a cap the upstream may produce up to this: the model's maximum, or less when
+        # the gateway sends a default cap of its own (`RequestFacts.default_output_tokens`).
+        ceiling = min(price.max_output_tokens, facts.default_output_tokens or math.inf)
         capped = None
         flat = custom.total_nanos if custom is not None else 0
         try:
             hold = await self._hold(
-                account_id, gateway, price, prompt, output, limits, unified, flat
+                account_id, gateway, price, prompt, output, limits, unified, flat, int(ceiling)
             )
         except InsufficientBalance as short:
-            capped = self._affordable_output(price, prompt, short) if output is None else None
+            capped = (
+                self._affordable_output(price, prompt, short, int(ceiling))
+                if output is None
+                else None
+            )
             if capped is None:
                 raise
             hold = await self._hold(
@@ -229,10 +236,12 @@ class Meter:
         limits: list[Any],
         unified: bool,
         flat_nanos: int = 0,
+        ceiling: int | None = None,
     ) -> Hold:
         """`prompt`: the prompt estimate (and the search context it pays a fee for);
-        `flat_nanos`: a custom total cost, on top of the token cost."""
-        out = price.max_output_tokens if output is None else output
+        `flat_nanos`: a custom total cost, on top of the token cost; `ceiling`: the output a
+        request without a cap may produce (default: the model's maximum)."""
+        out = (ceiling or price.max_output_tokens) if output is None else output
         upper = flat_nanos + self.catalog.cost(
             price.provider, price, dataclasses.replace(prompt, output_tokens=out)
         )
@@ -253,15 +262,16 @@ class Meter:
         )
 
     def _affordable_output(
-        self, price: ModelPrice, prompt: Usage, short: InsufficientBalance
+        self, price: ModelPrice, prompt: Usage, short: InsufficientBalance, ceiling: int
     ) -> int | None:
-        """The largest output cap the available credits cover, or None below a useful one."""
+        """The largest output cap (up to `ceiling`) the available credits cover, or None below
+        a useful one."""
         prompt_cost = self.catalog.cost(price.provider, price, prompt)
         per_token = self.catalog.cost(price.provider, price, Usage(0, 1_000_000))
         room = short.available_nanos - prompt_cost
         if per_token <= 0 or room <= 0:
             return None
-        tokens = min(room * 1_000_000 // per_token, price.max_output_tokens)
+        tokens = min(room * 1_000_000 // per_token, ceiling)
         return tokens if tokens >= MIN_USEFUL_OUTPUT_TOKENS else None
 
     async def settle(
@@ -271,9 +281,11 @@ class Meter:
         *,
         produced_bytes: int,
         complete: bool = True,
+        estimated: bool = False,
     ) -> Settlement | None:
         """Charge what was used; release when nothing was produced; estimate when unseen or
-        when the response broke off before its final usage (`complete=False`)."""
+        when the response broke off before its final usage (`complete=False`). `estimated`:
+        the caller's `usage` is its own estimate (a provider that reports no count)."""
         if admission.hold is None or admission.price is None:
             if admission.observed and usage is not None and complete:
                 assert admission.ctx is not None and admission.price is not None
@@ -286,7 +298,7 @@ class Meter:
         self._in_flight.pop(admission.hold.id, None)
         if usage is None and produced_bytes == 0:
             return await self.ledger.release(admission.hold)
-        estimated = usage is None or not complete
+        estimated = estimated or usage is None or not complete
         output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
         if usage is None:
             usage = Usage(admission.prompt_estimate, output)

@@ -36,6 +36,10 @@ class RequestFacts:
     # and `web_search_options.search_type` (fast, pro, auto: Sonar Pro's Pro Search).
     search_context: str | None = None
     search_type: str | None = None
+    # What the upstream is sent when the client set no cap, if less than the model's maximum: a
+    # translated request to a provider that requires one (Anthropic) gets the gateway's default,
+    # so the hold is for that, not for the model's whole maximum output.
+    default_output_tokens: int | None = None
 
 
 def native_facts(wire: WireFormat, path: str, body: dict[str, Any] | None) -> RequestFacts:
