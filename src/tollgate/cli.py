@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import uvicorn
 
+from tollgate.cli_billing import credits_topup
 from tollgate.cli_common import (
     EXIT_FAILURE,
     ConfigOption,
     JsonOption,
+    StepProgress,
     console,
     fail,
     open_database,
@@ -24,12 +26,18 @@ from tollgate.cli_common import (
     run_with_store,
     settings_with,
 )
+from tollgate.cli_config import config_app
+from tollgate.cli_gateways import gateways_app
+from tollgate.cli_limits import limits_app
+from tollgate.cli_logs import logs_app
+from tollgate.cli_models import models
 from tollgate.cli_operator import accounts_app, credits_app, tokens_app
 from tollgate.sandbox import CREDENTIALS_FILE, SandboxCredentials
 from tollgate.services import Services
 from tollgate.settings import Settings
 from tollgate.store import Store
 from tollgate.store.migrate import current_revision
+from tollgate.store.migrate_steps import migrate_in_steps
 
 if TYPE_CHECKING:
     from tollgate.app import TollgateApp
@@ -44,6 +52,12 @@ app = typer.Typer(
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(credits_app, name="credits")
+credits_app.command("top-up")(credits_topup)
+app.add_typer(limits_app, name="limits")
+app.add_typer(gateways_app, name="gateways")
+app.command("models")(models)
+app.add_typer(logs_app, name="logs")
+app.add_typer(config_app, name="config")
 
 HostOption = Annotated[
     str | None, typer.Option("--host", help="Interface to listen on.", show_default=False)
@@ -167,14 +181,22 @@ def _run_server(
 
 @app.command()
 def migrate(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Bring the database schema up to date (the server also does this when it starts)."""
+    """Bring the database schema up to date (the server also does this when it starts).
+
+    Applies each pending migration in turn; on a terminal a progress bar on stderr shows them.
+    """
     settings = settings_with(config)
 
-    async def act(store: Store) -> tuple[list[str], str | None]:
-        applied = await open_database(store)
-        return applied, await current_revision(store)
+    with StepProgress("migrating", "applied") as progress:
 
-    applied, current = run_with_store(settings, act, migrate_first=False)
+        async def act(store: Store) -> tuple[list[str], str | None]:
+            applied = await open_database(
+                store,
+                lambda s: migrate_in_steps(s, on_pending=progress.start, on_applied=progress.step),
+            )
+            return applied, await current_revision(store)
+
+        applied, current = run_with_store(settings, act, migrate_first=False)
     if as_json:
         print_json({"applied": applied, "current": current})
     elif applied:
@@ -197,5 +219,24 @@ def sim(host: HostOption = None, port: PortOption = None) -> None:
     if port is not None:
         argv += ["--port", str(port)]
     code = sim_cli.main(argv)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    serve_after: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Keep the demo's gateway up afterwards (Ctrl+C stops it) to open its dashboard.",
+        ),
+    ] = False,
+) -> None:
+    """A scripted tour in under a minute: account, top-up, models on every path, ZDR, a limit
+    hit, auto top-up. Simulated providers and sandbox payments; exits 1 if a step misbehaves."""
+    from tollgate.demo import run_demo  # imported here: only this command needs it
+
+    code = run_demo(print, keep_serving=serve_after)
     if code:
         raise typer.Exit(code)

@@ -15,16 +15,28 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
 from pydantic import BaseModel, ValidationError
+from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
+from tollgate import money
 from tollgate.api.admin import dollars, explain_errors
 from tollgate.errors import GatewayError
 from tollgate.settings import Settings, SettingsError, load_settings
@@ -67,8 +79,95 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=True, markup=False)
 
 
+def error_console() -> Console:
+    """Like `console()`, on stderr: progress bars and hints, never data."""
+    return Console(highlight=False, soft_wrap=True, markup=False, stderr=True)
+
+
 def print_json(value: Any) -> None:
     typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+class StepProgress:
+    """A Rich progress bar over named steps, on stderr and only on a terminal (so a pipe, a log
+    file or `--json` output never receives its escape codes). Each finished step is also printed
+    as a line above the bar: `{verb} {name}`."""
+
+    def __init__(self, description: str, verb: str) -> None:
+        out = error_console()
+        self._verb = verb
+        self._description = description
+        self._task: TaskID | None = None
+        self._progress = (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=out,
+            )
+            if out.is_terminal
+            else None
+        )
+
+    def __enter__(self) -> StepProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, steps: Sequence[str]) -> None:
+        if self._progress is not None and steps:
+            self._task = self._progress.add_task(self._description, total=len(steps))
+
+    def step(self, name: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.console.print(f"{self._verb} {name}")
+            self._progress.advance(self._task)
+
+
+def list_table(*columns: str, keep_whole: tuple[str, ...] = ("ID", "ACCOUNT")) -> Table:
+    """A table of rows that fits the terminal: the `keep_whole` columns never wrap (ids stay
+    copyable), the others fold onto further lines when the terminal is narrow."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, header_style="bold")
+    for column in columns:
+        if column in keep_whole:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
+    return table
+
+
+def key_value_table() -> Table:
+    """Two columns, no header: a setting's name and its value (which folds when long)."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
+def parse_dollars(raw: str, option: str, *, minimum_cents: int, maximum_cents: int) -> int:
+    """A dollar amount typed on the command line (`25`, `25.50`, `$1,000`) as whole cents, in
+    [minimum_cents, maximum_cents]; anything else exits 2 with a message naming `option`."""
+    text = raw.strip().replace(",", "").removeprefix("$").strip()
+    low = human_dollars(money.from_cents(minimum_cents))
+    high = human_dollars(money.from_cents(maximum_cents))
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        fail(f"{option} must be a number of dollars such as 25 or 25.50; got {raw!r}")
+    # The range first: it also keeps "1e999999" away from arithmetic that would overflow.
+    if not Decimal(minimum_cents).scaleb(-2) <= amount <= Decimal(maximum_cents).scaleb(-2):
+        fail(f"{option} must be from {low} to {high}; got {raw!r}")
+    cents = amount.scaleb(2)
+    if cents != cents.to_integral_value():
+        fail(f"{option} can have at most two decimal places (whole cents); got {raw!r}")
+    return int(cents)
 
 
 def human_dollars(nanos: int) -> str:
@@ -102,14 +201,25 @@ def validated(model: type[M], data: dict[str, Any], label: Callable[[str], str])
         fail(explain_errors(exc.errors(), label=label).message)
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")  # a password may hold a "/"
+_QUERY_SECRET = re.compile(
+    r"([?&][^=&#]*(?:key|token|secret|password|passwd|pwd|sig)[^=&#]*=)[^&#]*", re.IGNORECASE
+)
+
+
 def redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """A URL with its password (`user:***@`, also `:***@` for Redis) and secret-looking query
+    values (`?password=***`, `?key=***`) masked."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
 
 
-async def open_database(store: Store) -> list[str]:
-    """First contact with the database: bring the schema up to date; returns revisions applied."""
+async def open_database(
+    store: Store, upgrade: Callable[[Store], Awaitable[list[str]]] = migrate
+) -> list[str]:
+    """First contact with the database: bring the schema up to date (with `upgrade`, by default
+    `tollgate.store.migrate.migrate`); returns the revisions applied."""
     try:
-        return await migrate(store)
+        return await upgrade(store)
     except Exception as exc:  # whatever the driver raises, the database is not usable
         raise DatabaseUnavailable(f"cannot use the database {redact(store.url)}: {exc}") from exc
 

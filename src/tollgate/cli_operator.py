@@ -3,8 +3,8 @@
 These commands call the same functions as the admin API (`tollgate.operator`, the store
 repositories) and validate input with the API's own request models, so both surfaces accept the
 same values and print the same JSON objects (`--json`). A running gateway sees a disable or a
-revocation made here within its token cache's lifetime (5 seconds); the admin API applies it at
-once.
+revocation made here within its token cache's lifetime (up to 10 seconds: 5 s, then served
+stale while it reloads); the admin API applies it at once.
 """
 
 from __future__ import annotations
