@@ -35,6 +35,8 @@ from tollgate.billing.maintenance import Maintenance
 from tollgate.credentials import managed_targets
 from tollgate.dashboard import Dashboard
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from tollgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tollgate.metrics import authorize_scrape
 from tollgate.providers.registry import PROVIDERS
 from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
 from tollgate.services import Services, UpstreamTarget
@@ -99,6 +101,18 @@ def _control_app(services: Services) -> FastAPI:
     async def readyz() -> dict[str, Any]:
         return {"status": "ready", "sandbox": services.settings.sandbox_mode}
 
+    # Prometheus (metrics.py): loopback clients and the admin token, unless [metrics] public.
+    @control.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        await authorize_scrape(
+            public=services.settings.metrics.public,
+            operator=services.operator,
+            client_host=request.client.host if request.client else None,
+            headers=request.headers,
+        )
+        page = await services.metrics.exposition(services.logs, services.response_cache)
+        return Response(page, media_type=METRICS_CONTENT_TYPE)
+
     return control
 
 
@@ -120,7 +134,8 @@ class TollgateApp:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.upstream = Upstream(services.settings.upstream)
+        # Failed upstream attempts are counted into the metrics registry (metrics.py).
+        self.upstream = Upstream(services.settings.upstream, services.metrics.upstream_errors)
         self.dataplane = DataPlane(services, self.upstream)
         self.control = _control_app(services)
         self.dashboard = Dashboard(services)
@@ -168,6 +183,8 @@ class TollgateApp:
         if services.redis is not None:  # the response cache's and rate limits' shared client
             stack.push_async_callback(services.redis.aclose)
         await self._recover_holds()
+        if services.ledger.leases is not None:  # write the last settlements, give leases back
+            stack.push_async_callback(services.ledger.leases.close)
         services.meter.start_keep_alive()  # long streams keep their holds past the TTL
         stack.push_async_callback(services.meter.stop_keep_alive)
         maintenance = Maintenance.from_settings(services.ledger, services.settings.billing)

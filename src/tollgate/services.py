@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from tollgate.api.auth import OperatorAuth, TokenVerifier
 from tollgate.billing.catalog import Catalog, CatalogError, load_catalog
+from tollgate.billing.leases import CreditLeases
 from tollgate.billing.ledger import Ledger
 from tollgate.billing.meter import Meter
 from tollgate.billing.payments import build_payment_provider
@@ -24,6 +25,7 @@ from tollgate.features.redis import redis_client
 from tollgate.features.response_cache import ResponseCache, build_response_cache
 from tollgate.features.stored_keys import StoredKeys
 from tollgate.gateway_cache import GatewayCache
+from tollgate.metrics import Metrics
 from tollgate.settings import Settings, SettingsError
 from tollgate.store import Store
 
@@ -60,9 +62,12 @@ class Services:
     sandbox_base_url: str | None = None
     # The request log writer (features/logs.py); the lifespan starts it and flushes it last.
     logs: LogWriter = field(init=False)
+    # The Prometheus registry behind `/metrics` (metrics.py): counted on the request's path.
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.logs = LogWriter(self.store, self.gateways, self.settings.logs)
+        self.metrics = Metrics(self.store)
 
     @classmethod
     def build(cls, settings: Settings, store: Store | None = None) -> Services:
@@ -79,7 +84,13 @@ class Services:
         store = store or Store(
             settings.database.url, wal_sync_interval=settings.database.wal_sync_interval_seconds
         )
-        ledger = Ledger(store, hold_ttl=timedelta(seconds=settings.billing.hold_ttl_seconds))
+        hold_ttl = timedelta(seconds=settings.billing.hold_ttl_seconds)
+        leases = (
+            CreditLeases(store, hold_ttl=hold_ttl)
+            if store.dialect == "sqlite" and settings.billing.credit_leases
+            else None
+        )
+        ledger = Ledger(store, hold_ttl=hold_ttl, leases=leases)
         topups = TopUps(
             store,
             build_payment_provider(settings),

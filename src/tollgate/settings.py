@@ -117,6 +117,9 @@ class BillingSettings(BaseModel):
     # Whether a Unified Billing request may set its own price with `cf-aig-custom-cost` (then
     # charged to its credits). Off: the header is for BYOK requests only (a 400 otherwise).
     allow_custom_cost_unified: bool = False
+    # SQLite: admit Unified Billing requests against a per-process credit lease in memory and
+    # settle them in batches (billing/leases.py); off, every request holds in the database.
+    credit_leases: bool = True
 
 
 class ProviderSettings(BaseModel):
@@ -205,6 +208,13 @@ class CacheSettings(BaseModel):
     memory_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
 
 
+class MetricsSettings(BaseModel):
+    model_config = _FROZEN
+    # `GET /metrics` (tollgate/metrics.py) answers loopback clients and the operator's admin
+    # token; true serves it to anyone who can reach the port.
+    public: bool = False
+
+
 class Settings(BaseModel):
     model_config = _FROZEN
     server: ServerSettings = ServerSettings()
@@ -217,6 +227,7 @@ class Settings(BaseModel):
     logs: LogSettings = LogSettings()
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
+    metrics: MetricsSettings = MetricsSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

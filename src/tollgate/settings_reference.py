@@ -114,6 +114,12 @@ MEANINGS: dict[str, str] = {
         "BYOK requests only and is a 400 on Unified Billing "
         "([api.md](api.md#metadata-event-ids-and-custom-costs))"
     ),
+    "billing.credit_leases": (
+        "SQLite: admit Unified Billing requests (those no spending limit counts) against a credit "
+        "lease this process reserves from the account, in memory, and write their settlements in "
+        "batches; a crash is recovered from the process's journal ([billing.md](billing.md)). Off: "
+        "each request holds and settles in the database. PostgreSQL always holds in the database"
+    ),
     "upstream.connect_timeout_seconds": "TCP connect timeout to a provider",
     "upstream.first_byte_timeout_seconds": (
         "time allowed until a provider's response headers (504 after); a started stream may run "
@@ -140,6 +146,11 @@ MEANINGS: dict[str, str] = {
     "cache.max_entry_bytes": "larger responses are relayed but not cached",
     "cache.memory_max_bytes": (
         "without Redis: the in-process cache evicts least recently used entries beyond this"
+    ),
+    "metrics.public": (
+        "serve `GET /metrics` to anyone who can reach the port; off, only to loopback clients "
+        "that did not come through a proxy, or with the operator's admin token (see "
+        "[operations.md](operations.md#metrics))"
     ),
     "sandbox.enabled": (
         "`true`/`false`; automatic = sandbox exactly when no provider has an `api_key`"

@@ -3,6 +3,11 @@
 aiohttp rather than httpx: on this hardware the same proxy did ~6.7k requests/s per core on aiohttp
 and under 1k on httpx (pool contention); see ARCHITECTURE.md.
 
+Failed attempts are counted by provider and kind in a plain dict (`Metrics.upstream_errors`,
+exported by `/metrics`): `upstream_unreachable`, `upstream_timeout`, `upstream_error` (a body
+cut short), `upstream_stream_broken` (not when the gateway closed the stream because the client
+left), and the provider's own `status_429` / `status_5xx` answers, retried or relayed.
+
 The session decompresses upstream bodies, so relayed responses never carry the upstream's
 `content-encoding` or `content-length`; the data plane re-frames them. A timeout applies to the
 response headers (the first byte); once a stream has started it may run as long as it needs.
@@ -45,6 +50,14 @@ class UpstreamStreamBroken(Exception):
     """The upstream connection failed after the response had started."""
 
 
+Failures = dict[tuple[str, str], int]  # (provider, kind) -> failed attempts
+
+
+def count_failure(failures: Failures, provider: str, kind: str) -> None:
+    key = (provider, kind)
+    failures[key] = failures.get(key, 0) + 1
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     provider: str
@@ -54,12 +67,15 @@ class UpstreamResponse:
     # None when the upstream streams a body of unknown length (chunked).
     content_length: int | None
     _response: aiohttp.ClientResponse
+    _failures: Failures
+    _closed: bool = False  # by `close()`: a stream cut then is not the upstream's failure
 
     async def read(self) -> bytes:
         """The whole body; a body cut short is a 502 (nothing has been sent to the client)."""
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
+            count_failure(self._failures, self.provider, "upstream_error")
             raise UpstreamUnavailable(
                 f"The upstream provider {self.provider} broke off its response "
                 f"({str(exc) or type(exc).__name__}). Retry later.",
@@ -71,6 +87,8 @@ class UpstreamResponse:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if not self._closed:
+                count_failure(self._failures, self.provider, "upstream_stream_broken")
             raise UpstreamStreamBroken(str(exc) or type(exc).__name__) from exc
 
     def release(self) -> None:
@@ -78,13 +96,16 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """Drop the connection (the client went away mid-stream; do not reuse it)."""
+        self._closed = True
         self._response.close()
 
 
 class Upstream:
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, failures: Failures | None = None) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # Failed attempts by (provider, kind); the app passes `Metrics.upstream_errors`.
+        self.failures: Failures = {} if failures is None else failures
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -123,12 +144,17 @@ class Upstream:
                     method, url, headers=list(headers), data=body or None, allow_redirects=False
                 )
         except TimeoutError:
+            count_failure(self.failures, provider, "upstream_timeout")
             raise UpstreamTimeout(
                 f"{provider} sent no response within {timeout:g} s ({_host(url)}). "
                 "Retry later, or raise the timeout with cf-aig-request-timeout.",
             ) from None
         except aiohttp.ClientError as exc:
+            count_failure(self.failures, provider, "upstream_unreachable")
             raise _unreachable(provider, url, exc) from None
+        if response.status >= 500 or response.status == 429:  # the provider's own failure
+            kind = "status_429" if response.status == 429 else "status_5xx"
+            count_failure(self.failures, provider, kind)
         relayed = [
             (name.lower(), value)
             for name, value in response.raw_headers
@@ -143,6 +169,7 @@ class Upstream:
             if response.headers.get("content-encoding")
             else response.content_length,
             _response=response,
+            _failures=self.failures,
         )
 
     async def fetch_image(self, url: str, *, allow_private: bool) -> tuple[bytes, str]:

@@ -6,9 +6,14 @@ showed its client (`cf-aig-cost`, or the stream's `: cf-aig-cost=` comment). The
 streams are opened and read up to their first chunk: their holds are committed and forwarded.
 The gateway is killed; the streams die with it.
 
+Where an in-flight request's hold lives depends on the engine: on PostgreSQL it is an open row in
+`holds`; on SQLite the request was admitted against the process's credit lease and its hold is a
+line in the process's journal (`tollgate.billing.leases`), with no row until it is settled.
+
 After the restart, by the recovery policy in `tollgate.billing.ledger`: every hold of a request
 that was forwarded is settled at its hold-time `recovery_charge_nanos`, flagged estimated, with
-the recovery note; a hold never forwarded is released. No hold is left open, the invariants hold
+the recovery note (on SQLite, read from the dead process's journal, whose lease is released);
+a hold never forwarded is released. No hold is left open, the invariants hold
 (`check_invariants`: the ledger sums to the balance, buckets, one usage entry per charge), every
 completed request's cost appears exactly once as a usage entry equal to what its client saw, and
 a second restart changes nothing.
@@ -20,6 +25,7 @@ ones, so that gateway runs with a 3-second hold TTL and the test waits for the h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -47,6 +53,7 @@ from tollgate.store import Store
 from tollgate.store import holds as holds_repo
 from tollgate.store import ledger as ledger_repo
 from tollgate.store.holds import Hold
+from tollgate.store.journal import Admitted, journal_dir
 from tollgate.store.snapshot import AccountSnapshot
 
 MODEL = "gpt-4o-mini"
@@ -192,6 +199,41 @@ def hold_never_forwarded(target: Target, account_id: str) -> Hold:
     return run_store(target.database_url, hold)
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A forwarded request's hold, wherever it was recorded (a row, or a journal line)."""
+
+    id: str
+    amount_nanos: int
+    recovery_charge_nanos: int
+
+
+def in_flight(target: Target, account_id: str, open_holds: list[Hold]) -> list[InFlight]:
+    """The forwarded holds of requests in flight: open rows on PostgreSQL; on SQLite, the journal
+    lines of lease-admitted requests that have no hold row yet."""
+    rows = [
+        InFlight(h.id, h.amount_nanos, h.recovery_charge_nanos)
+        for h in open_holds
+        if h.forwarded_at is not None
+    ]
+    if "postgresql" in target.database_url:
+        return rows
+    directory = journal_dir(target.database_url.removeprefix("sqlite:///"))
+    lines = [
+        Admitted.parse(line)
+        for path in sorted(directory.glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+    books, _ = snapshot(target.database_url, account_id)
+    stored = {hold.id for hold in books.holds}
+    journaled = [
+        InFlight(a.hold_id, a.amount_nanos, a.recovery_charge_nanos)
+        for a in lines
+        if a.account_id == account_id and a.hold_id not in stored
+    ]
+    return rows + journaled
+
+
 def wait_until_expired(holds: list[Hold]) -> None:
     last = max(hold.expires_at for hold in holds)
     while (left := (last - datetime.now(UTC)).total_seconds()) >= 0:
@@ -226,8 +268,9 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
             assert first_line.startswith("data: {"), first_line
         unforwarded = hold_never_forwarded(target, account.account_id)
         _, open_before = snapshot(target.database_url, account.account_id)
-        assert len(open_before) == IN_FLIGHT + 1
-        assert all(h.forwarded_at is not None for h in open_before if h.id != unforwarded.id)
+        forwarded = in_flight(target, account.account_id, open_before)
+        assert len(forwarded) == IN_FLIGHT
+        assert unforwarded.id in {h.id for h in open_before}
         first.kill()
         client.close()
 
@@ -235,19 +278,20 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
     books, still_open = snapshot(target.database_url, account.account_id)
     assert {h.id for h in still_open} == {h.id for h in open_before}
     assert books.held_nanos == sum(h.amount_nanos for h in open_before)
+    assert in_flight(target, account.account_id, still_open) == forwarded
     if "postgresql" in target.database_url:
         wait_until_expired(still_open)
 
     second = GatewayProcess(target, log)
     after, left_open = snapshot(target.database_url, account.account_id)
     assert left_open == [] and after.held_nanos == 0
+    assert after.leased_nanos == 0  # the dead process's credit lease is given back
     released = after.resolutions[unforwarded.id]
     assert (released.state, released.charged_nanos, released.ledger_entry_id) == (
         "released",
         0,
         None,
     )
-    forwarded = [hold for hold in open_before if hold.id != unforwarded.id]
     for hold in forwarded:
         result = after.resolutions[hold.id]
         assert (result.state, result.estimated) == ("settled", True)
@@ -274,6 +318,10 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
     third = GatewayProcess(target, log)
     final, left_open = snapshot(target.database_url, account.account_id)
     assert left_open == []
-    assert final == settled
+    # The money is exactly as it was; only the killed process's unused credit lease (SQLite)
+    # was given back.
+    unleased = {"leased_nanos": 0, "lease_rows_nanos": 0}
+    assert dataclasses.replace(final, **unleased) == dataclasses.replace(settled, **unleased)
+    assert final.leased_nanos == 0
     assert len(usage_entries(target.database_url, account.account_id)) == len(seen) + IN_FLIGHT
     third.stop()

@@ -53,6 +53,7 @@ class DataPlane:
         self.max_body = services.settings.server.max_body_bytes
         self.allow_custom_cost_unified = services.settings.billing.allow_custom_cost_unified
         self.logs = services.logs
+        self.metrics = services.metrics
         sandbox = services.settings.sandbox_mode
         self.extra_headers: list[tuple[bytes, bytes]] = (
             [(b"x-tollgate-sandbox", b"simulated")] if sandbox else []
@@ -94,9 +95,13 @@ class DataPlane:
             handler = proxy_universal if route.provider == UNIVERSAL else proxy_native
             await handler(self.services, self.upstream, request, receive, send, extra)
         except GatewayError as error:
+            if capture is None:  # refused before it had a context (metrics.py)
+                self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
         finally:
             if capture is not None:  # off the hot path: queued for the log writer
+                # Metrics for every request, logged or not: a few dict increments, no I/O.
+                self.metrics.observe(capture.ctx, capture.status)
                 self.logs.submit(capture)
 
     async def rest(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,9 +121,13 @@ class DataPlane:
             self._read_feature_headers(ctx, cf)
             await self._unified(scope, receive, send, route, REST_FORMATS, "rest", ctx, cf)
         except GatewayError as error:
+            if capture is None:  # refused before it had a context (metrics.py)
+                self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
         finally:
             if capture is not None:
+                # Metrics for every request, logged or not: a few dict increments, no I/O.
+                self.metrics.observe(capture.ctx, capture.status)
                 self.logs.submit(capture)
 
     def _read_feature_headers(self, ctx: RequestContext, cf: list[tuple[bytes, bytes]]) -> None:

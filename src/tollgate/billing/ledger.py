@@ -39,6 +39,7 @@ that knows it is the database's sole user (one process on SQLite, at start-up).
 
 `check_invariants(store, account_id)` checks, in one snapshot: the balance is the sum of the
 entries and each `balance_after` the running sum; `held_nanos` is the sum of open credit holds;
+`leased_nanos` is the sum of the account's credit leases (`tollgate.billing.leases`);
 every bucket equals the sum of its holds' current amounts (open: held, settled: charged,
 released: 0); every settled credit hold with a charge has exactly one `usage` entry of `-charge`
 (reference `hold:{id}`), and no other hold does; every such entry names a hold of the account,
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tollgate.billing import windows
+from tollgate.billing.leases import CreditLeases
 from tollgate.billing.limits import LimitSpec, account_key, belongs_to
 from tollgate.billing.windows import Clock, utc_now
 from tollgate.errors import Conflict, InsufficientBalance, NotFound, SpendLimitExceeded
@@ -107,11 +109,19 @@ class Ledger:
     """Holds, settlements, recovery. `clock` returns aware UTC datetimes (injected in tests)."""
 
     def __init__(
-        self, store: Store, clock: Clock = utc_now, *, hold_ttl: timedelta = DEFAULT_HOLD_TTL
+        self,
+        store: Store,
+        clock: Clock = utc_now,
+        *,
+        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+        leases: CreditLeases | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.hold_ttl = hold_ttl
+        # SQLite's data plane: Unified Billing holds without limits are admitted against a
+        # credit lease in memory and settled in batches (tollgate.billing.leases).
+        self.leases = leases
         # SQLite: the group-committing hot writer; PostgreSQL: one SQLAlchemy transaction each.
         sqlite = store.dialect == "sqlite"
         self._create_hold = holds_sqlite.create_hold if sqlite else holds_repo.create_hold
@@ -157,23 +167,29 @@ class Ledger:
             )
             for spec, span in zip(limits, spans, strict=True)
         ]
+        new = holds_repo.NewHold(
+            account_id=account_id,
+            request_id=request_id,
+            amount_nanos=amount_nanos,
+            recovery_charge_nanos=recovery,
+            uses_credits=uses_credits,
+            gateway_id=gateway_id,
+            model=model,
+            created_at=now,
+            expires_at=now + (ttl or self.hold_ttl),
+            checks=tuple(checks),
+            forwarded=forwarded,
+        )
         try:
-            return await self._create_hold(
-                self.store,
-                holds_repo.NewHold(
-                    account_id=account_id,
-                    request_id=request_id,
-                    amount_nanos=amount_nanos,
-                    recovery_charge_nanos=recovery,
-                    uses_credits=uses_credits,
-                    gateway_id=gateway_id,
-                    model=model,
-                    created_at=now,
-                    expires_at=now + (ttl or self.hold_ttl),
-                    checks=tuple(checks),
-                    forwarded=forwarded,
-                ),
-            )
+            if self.leases is not None and uses_credits and not checks and forwarded:
+                return await self.leases.hold(new)
+            try:
+                return await self._create_hold(self.store, new)
+            except holds_repo.InsufficientFunds:
+                # This process's idle lease may hold the credit this hold needs: give it back.
+                if self.leases is None or not await self.leases.give_back(account_id):
+                    raise
+                return await self._create_hold(self.store, new)
         except holds_repo.InsufficientFunds as exc:
             raise InsufficientBalance(
                 f"Insufficient credits: this request needs up to {usd(exc.needed_nanos)} and "
@@ -193,6 +209,8 @@ class Ledger:
 
     async def mark_forwarded(self, hold: Hold) -> Hold:
         """Record, before the upstream call, that it is being made (changes the recovery policy)."""
+        if self.leases is not None and self.leases.owns(hold):
+            return hold  # journaled before the call: recovery treats it as forwarded
         return await holds_repo.mark_forwarded(self.store, hold.id, self.clock())
 
     async def extend(self, hold: Hold, ttl: timedelta | None = None) -> Hold:
@@ -204,13 +222,24 @@ class Ledger:
         """`extend` for many holds in one transaction (the meter's keep-alive); returns how many
         were still open."""
         expires_at = self.clock() + (ttl or self.hold_ttl)
-        return await holds_repo.extend_holds(self.store, [h.id for h in holds], expires_at)
+        leased = 0
+        if self.leases is not None:
+            await self.leases.extend()
+            own = [h for h in holds if self.leases.owns(h)]  # in the journal, not in `holds`
+            leased, holds = len(own), [h for h in holds if not self.leases.owns(h)]
+        if not holds:
+            return leased
+        return leased + await holds_repo.extend_holds(self.store, [h.id for h in holds], expires_at)
 
     async def settle(
         self, hold: Hold, actual_nanos: int, *, estimated: bool = False, note: str = ""
     ) -> Settlement:
         """Charge `actual_nanos` (measured, or `estimated`) and release the rest of the hold."""
         _nanos(actual_nanos, "actual_nanos")
+        if self.leases is not None and self.leases.owns(hold):
+            return await self.leases.resolve(
+                hold, actual_nanos, estimated=estimated, note=note, resolved_at=self.clock()
+            )
         return await self._resolve_hold(
             self.store,
             hold,
@@ -222,6 +251,10 @@ class Ledger:
 
     async def release(self, hold: Hold) -> Settlement:
         """Nothing was produced: no charge, no entry; the held amount and buckets restored."""
+        if self.leases is not None and self.leases.owns(hold):
+            return await self.leases.resolve(
+                hold, None, estimated=False, note="", resolved_at=self.clock()
+            )
         return await self._resolve_hold(
             self.store,
             hold,
@@ -237,6 +270,8 @@ class Ledger:
         """Resolve abandoned holds by the policy in the module docstring."""
         cutoff = None if all_open else (now or self.clock())
         released = settled = charged = already = 0
+        if self.leases is not None:  # dead processes' journals first (their leases with them)
+            settled, charged = await self.leases.recover_dead(RECOVERY_NOTE)
         seen: set[str] = set()
         while True:
             batch = await holds_repo.open_holds(self.store, expired_by=cutoff, limit=RECOVERY_BATCH)
@@ -266,9 +301,11 @@ class Ledger:
         return RecoveryReport(released, settled, charged, already)
 
     async def available(self, account_id: str) -> int:
-        """Credits available to a new hold: balance − open holds (negative after an overshoot)."""
+        """Credits available to a new hold: balance − open holds − leases, plus what this
+        process's own lease has not admitted against (negative after an overshoot)."""
+        unused = self.leases.unused(account_id) if self.leases is not None else 0
         try:
-            return await holds_repo.available_nanos(self.store, account_id)
+            return unused + await holds_repo.available_nanos(self.store, account_id)
         except AccountMissing:
             raise NotFound(f"account {account_id} not found", code="account_not_found") from None
 
@@ -335,6 +372,11 @@ def _ledger_problems(snapshot: AccountSnapshot, pruned_before: datetime | None) 
     held = sum(h.amount_nanos for h in snapshot.holds if h.state == "open" and h.uses_credits)
     if held != snapshot.held_nanos:
         problems.append(f"held_nanos {snapshot.held_nanos} != sum of open holds {held}")
+    if snapshot.leased_nanos != snapshot.lease_rows_nanos:
+        problems.append(
+            f"leased_nanos {snapshot.leased_nanos} != sum of credit leases "
+            f"{snapshot.lease_rows_nanos}"
+        )
     usage: dict[str | None, EntryRow] = {
         e.reference: e for e in snapshot.entries if (e.reference or "").startswith("hold:")
     }

@@ -213,6 +213,11 @@ class LogWriter:
         self.written = 0  # observability and tests
         self.dropped = 0  # refused by log_management, or shed while the database was down
 
+    @property
+    def pending(self) -> int:
+        """Logs waiting to be written (the `/metrics` queue depth)."""
+        return len(self._pending)
+
     # --- the request's side: no I/O ---------------------------------------------------------
 
     def capture(

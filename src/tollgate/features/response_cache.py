@@ -222,6 +222,8 @@ class ResponseCache:
     def __init__(self, backend: Backend, *, max_entry_bytes: int) -> None:
         self.backend = backend
         self.max_entry_bytes = max_entry_bytes
+        self.hits = 0  # answers replayed from the cache (read by /metrics)
+        self.misses = 0  # lookups that found nothing
 
     async def open(
         self,
@@ -243,7 +245,10 @@ class ResponseCache:
             custom = b"key:" + options.key.encode("latin-1")
             parts = [*parts[:-1], custom, _stream_flag(parts[-1])]
         key = cache_key(gateway, parts)
-        return CacheUse(self, key, ttl, await self.backend.get(key))
+        hit = await self.backend.get(key)
+        if hit is None:
+            self.misses += 1
+        return CacheUse(self, key, ttl, hit)
 
 
 def _stream_flag(body: bytes) -> bytes:
@@ -301,6 +306,8 @@ class CacheUse:
             return False
         ctx.cached = True
         ctx.cost_nanos = 0
+        if self._cache is not None:
+            self._cache.hits += 1
         headers = entry.headers + extra_headers + _HIT
         if entry.whole:
             body = entry.chunks[0] if entry.chunks else b""

@@ -186,12 +186,18 @@ def settlement_of(row: Any, *, replayed: bool) -> Settlement:
 _ACCOUNT = accounts.c.id == bindparam("acct")
 _ADMIT = (
     update(accounts)
-    .where(_ACCOUNT, accounts.c.balance_nanos - accounts.c.held_nanos >= bindparam("amount"))
+    .where(
+        _ACCOUNT,
+        accounts.c.balance_nanos - accounts.c.held_nanos - accounts.c.leased_nanos
+        >= bindparam("amount"),
+    )
     .values(held_nanos=accounts.c.held_nanos + bindparam("amount"))
     .returning(accounts.c.id)
 )
 _LOCK_ACCOUNT = select(accounts.c.id).where(_ACCOUNT).with_for_update()
-_AVAILABLE = select(accounts.c.balance_nanos - accounts.c.held_nanos).where(_ACCOUNT)
+_AVAILABLE = select(
+    accounts.c.balance_nanos - accounts.c.held_nanos - accounts.c.leased_nanos
+).where(_ACCOUNT)
 _CHARGE = (
     update(accounts)
     .where(_ACCOUNT)
@@ -421,13 +427,13 @@ async def open_holds(store: Store, *, expired_by: datetime | None, limit: int) -
 
 
 async def available_nanos(store: Store, account_id: str) -> int:
-    """Balance minus open holds (negative after an overshoot)."""
+    """Balance minus open holds and credit leases (negative after an overshoot)."""
     async with store.read() as conn:
         row = (
             await conn.execute(
-                select(accounts.c.balance_nanos - accounts.c.held_nanos).where(
-                    accounts.c.id == account_id
-                )
+                select(
+                    accounts.c.balance_nanos - accounts.c.held_nanos - accounts.c.leased_nanos
+                ).where(accounts.c.id == account_id)
             )
         ).first()
     if row is None:

@@ -34,9 +34,9 @@ from tollgate.store.limits import LimitCheck, LimitShortfall, LimitsRefused
 
 _ADMIT = (
     "UPDATE accounts SET held_nanos = held_nanos + ? "
-    "WHERE id = ? AND balance_nanos - held_nanos >= ? RETURNING id"
+    "WHERE id = ? AND balance_nanos - held_nanos - leased_nanos >= ? RETURNING id"
 )
-_AVAILABLE = "SELECT balance_nanos - held_nanos FROM accounts WHERE id = ?"
+_AVAILABLE = "SELECT balance_nanos - held_nanos - leased_nanos FROM accounts WHERE id = ?"
 _EXISTS = "SELECT 1 FROM accounts WHERE id = ?"
 _INSERT_HOLD = (
     "INSERT INTO holds (id, account_id, request_id, gateway_id, model, amount_nanos, "

@@ -66,6 +66,8 @@ accounts = Table(
     Column("held_nanos", BigInteger, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("modified_at", UTCDateTime, nullable=False),
+    # What gateway processes have leased from the balance (`credit_leases`; migration 0007).
+    Column("leased_nanos", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("held_nanos >= 0", name="ck_accounts_held_nonnegative"),
     CheckConstraint("status IN ('active', 'disabled')", name="ck_accounts_status"),
 )

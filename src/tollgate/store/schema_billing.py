@@ -15,6 +15,11 @@
   amount, settled ⇒ the charge, released ⇒ 0 (over the holds that still name it, once
   maintenance has pruned some: it only does so for buckets no limit can count any more).
 - `account_spending_limits`: the account's own spending limit (at most one per account).
+- `credit_leases` (migration 0007): credit one gateway process (`owner`) reserved from an
+  account's balance and admits Unified Billing requests against in memory
+  (`tollgate.billing.leases`). `accounts.leased_nanos` is the sum of the account's leases; a
+  settlement takes its charge out of both. A lease whose owner died is resolved from the owner's
+  journal by the next process to start.
 """
 
 from __future__ import annotations
@@ -90,4 +95,16 @@ account_spending_limits = Table(
     CheckConstraint("amount_nanos > 0", name="ck_account_limit_amount"),
     CheckConstraint("duration IN ('daily', 'weekly', 'monthly')", name="ck_account_limit_duration"),
     CheckConstraint("strategy IN ('fixed', 'sliding')", name="ck_account_limit_strategy"),
+)
+
+credit_leases = Table(
+    "credit_leases",
+    metadata,
+    Column("id", String(100), primary_key=True),  # "{owner}:{account_id}"
+    Column("owner", String(64), nullable=False, index=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    CheckConstraint("amount_nanos >= 0", name="ck_credit_leases_amount"),
 )

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from tollgate.store.engine import Store
 from tollgate.store.holds import Hold, Settlement, hold_of_row, settlement_of
 from tollgate.store.ledger import AccountMissing
 from tollgate.store.schema import accounts, ledger_entries
-from tollgate.store.schema_billing import holds, spend_buckets
+from tollgate.store.schema_billing import credit_leases, holds, spend_buckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,8 @@ class AccountSnapshot:
     holds: tuple[Hold, ...]
     resolutions: dict[str, Settlement]  # hold id -> result, for resolved holds
     buckets: dict[tuple[str, int], int]  # every bucket of the given key prefixes
+    leased_nanos: int = 0  # `accounts.leased_nanos`
+    lease_rows_nanos: int = 0  # the sum of the account's `credit_leases`
 
 
 async def account_snapshot(
@@ -47,9 +49,9 @@ async def account_snapshot(
             await conn.execution_options(isolation_level="REPEATABLE READ")
         account = (
             await conn.execute(
-                select(accounts.c.balance_nanos, accounts.c.held_nanos).where(
-                    accounts.c.id == account_id
-                )
+                select(
+                    accounts.c.balance_nanos, accounts.c.held_nanos, accounts.c.leased_nanos
+                ).where(accounts.c.id == account_id)
             )
         ).first()
         if account is None:
@@ -64,6 +66,12 @@ async def account_snapshot(
             for r in entry_rows
         )
         hold_rows = list(await conn.execute(select(holds).where(holds.c.account_id == account_id)))
+        leases = await conn.execute(
+            select(func.coalesce(func.sum(credit_leases.c.amount_nanos), 0)).where(
+                credit_leases.c.account_id == account_id
+            )
+        )
+        lease_rows_nanos = int(leases.scalar_one())
         buckets: dict[tuple[str, int], int] = {}
         if key_prefixes:
             bucket_rows = await conn.execute(
@@ -84,4 +92,6 @@ async def account_snapshot(
         holds=tuple(hold_of_row(r) for r in hold_rows),
         resolutions={r.id: settlement_of(r, replayed=True) for r in hold_rows if r.state != "open"},
         buckets=buckets,
+        leased_nanos=account.leased_nanos,
+        lease_rows_nanos=lease_rows_nanos,
     )

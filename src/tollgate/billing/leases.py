@@ -1,0 +1,388 @@
+"""Credit leases: Unified Billing admission in memory, settlement in batches (SQLite).
+
+Without leases every billed request writes twice before its answer reaches the client: a hold
+before forwarding, a settlement after (`tollgate.store.holds_sqlite`). With them, a process
+reserves a slice of an account's credit once (a **lease**: `credit_leases`, counted in
+`accounts.leased_nanos`, so no other writer can spend it) and then:
+
+- **admits** each request against the lease in memory: the event loop runs one admission at a
+  time, so the check-and-reserve is atomic, and the sum of the requests in flight never exceeds
+  what the lease holds in the database. When the lease is short, it grows (one write) by the
+  shortfall plus room for `GROWTH_REQUESTS` more like it, never beyond what is available; when
+  the account cannot cover the request, it is refused exactly as a hold would be (402 with the
+  amount needed and available);
+- **journals** the admission (`tollgate.store.journal`: one line appended, no database write)
+  before the request is forwarded, so a crash loses no forwarded request;
+- **settles** in batches: the requests that end in the same loop iteration are written in one
+  transaction (`leases_sqlite.settle_batch`): each hold row, already resolved, its ledger entry,
+  and one update of the account and of the lease. A request's answer waits for that commit, as
+  it waits for its settlement without leases, so the books are complete when the client has it;
+- **releases** the lease once the account has had no request in flight for `linger` seconds, and
+  at shutdown.
+
+What does not change: every request still gets one hold row and, when charged, one `usage` entry
+(`hold:{id}`), so the invariants (`ledger.check_invariants`), the APIs and maintenance see the
+same books. A request counted by a spending limit (or not drawing on credits) takes the hold
+path: limits are checked in the database. Crash recovery: at start-up, each dead process's
+journal is read; its admissions without a hold row were in flight and are settled at their
+recovery charge (the ledger's policy for a forwarded hold), then its leases are released.
+
+Only on SQLite, where the event loop's writer is the database's one writer
+(`tollgate.store.loop_writer`). Several processes on one SQLite file each lease their own slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+from tollgate.store import leases_sqlite
+from tollgate.store._util import ordered_id
+from tollgate.store.engine import Store
+from tollgate.store.holds import Hold, InsufficientFunds, NewHold, Settlement, first_settlement
+from tollgate.store.holds_sqlite import stamp
+from tollgate.store.journal import Admitted, Journal, dead_journals, journal_dir
+
+log = logging.getLogger(__name__)
+
+GROWTH_REQUESTS = 64  # a lease grows by room for this many more requests like the one short
+LINGER_SECONDS = 2.0  # an idle account's lease is given back after this long
+
+
+class NotLeased(Exception):
+    """The hold is not one this process admitted against a lease (or it is already resolved)."""
+
+
+class RequestIdReused(Exception):
+    """A lease-admitted request's id was already used by another hold: it cannot be written.
+    (The meter's request ids are fresh; only a caller reusing one meets this.)"""
+
+
+@dataclass(slots=True)
+class _Lease:
+    account_id: str
+    lease_id: str
+    amount: int = 0  # reserved in the database (`credit_leases.amount_nanos`)
+    in_flight: int = 0  # the amounts of the admitted requests not yet resolved
+    count: int = 0  # how many requests that is
+    pending: int = 0  # charges resolved but not yet committed (they will come out of `amount`)
+    growing: asyncio.Future[None] | None = None
+    idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def free(self) -> int:
+        return self.amount - self.in_flight - self.pending
+
+
+@dataclass(slots=True)
+class _Open:
+    lease: _Lease
+    hold: Hold
+    admitted: Admitted
+
+
+@dataclass(slots=True)
+class _Queued:
+    open: _Open
+    item: leases_sqlite.Resolved
+    done: asyncio.Future[Settlement] = field(repr=False)
+
+
+class CreditLeases:
+    """This process's leases, journal and settlement batches, over one SQLite store."""
+
+    def __init__(
+        self, store: Store, *, hold_ttl: timedelta, linger: float = LINGER_SECONDS
+    ) -> None:
+        assert store.dialect == "sqlite" and store.sqlite_path is not None
+        self.store = store
+        self.hold_ttl = hold_ttl
+        self.linger = linger
+        self.owner = ordered_id()
+        self.directory = journal_dir(store.sqlite_path)
+        self._journal: Journal | None = None
+        self._leases: dict[str, _Lease] = {}
+        self._open: dict[str, _Open] = {}
+        self._queue: list[_Queued] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def _journal_now(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.directory, self.owner)
+        return self._journal
+
+    def owns(self, hold: Hold) -> bool:
+        return hold.id in self._open
+
+    def unused(self, account_id: str) -> int:
+        """Credit this process has leased for the account and not admitted against."""
+        lease = self._leases.get(account_id)
+        return max(0, lease.free) if lease is not None else 0
+
+    # --- admission ----------------------------------------------------------------------------
+
+    async def hold(self, new: NewHold) -> Hold:
+        """Admit `new` against the account's lease (growing it if short), journal it, and return
+        its open hold. Raises `InsufficientFunds` (needed, available to this request)."""
+        account_id, amount = new.account_id, new.amount_nanos
+        journal = self._journal_now()  # before any lease: a lease always has its owner's lock
+        lease = self._leases.get(account_id)
+        if lease is None:
+            lease = self._leases[account_id] = _Lease(account_id, f"{self.owner}:{account_id}")
+        while lease.free < amount:
+            await self._grow(lease, amount)
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+            lease.idle_timer = None
+        lease.in_flight += amount
+        lease.count += 1
+        hold = new.hold(ordered_id())
+        admitted = Admitted(
+            hold.id,
+            account_id,
+            new.request_id,
+            new.gateway_id,
+            new.model,
+            amount,
+            new.recovery_charge_nanos,
+            stamp(new.created_at),
+            stamp(new.expires_at),
+        )
+        try:
+            journal.append(admitted)
+        except OSError:
+            lease.in_flight -= amount
+            lease.count -= 1
+            raise
+        self._open[hold.id] = _Open(lease, hold, admitted)
+        return hold
+
+    async def _grow(self, lease: _Lease, amount: int) -> None:
+        if lease.growing is not None:  # someone is growing it already: wait, then look again
+            await asyncio.shield(lease.growing)
+            return
+        shortfall = amount - lease.free
+        want = shortfall + GROWTH_REQUESTS * amount
+        now = datetime.now().astimezone()
+        created, expires = stamp(now), stamp(now + self.hold_ttl)
+        lease.growing = asyncio.get_running_loop().create_future()
+        try:
+            granted = await self.store.hot().run(
+                lambda conn: leases_sqlite.acquire(
+                    conn,
+                    lease.lease_id,
+                    self.owner,
+                    lease.account_id,
+                    want=want,
+                    at_least=shortfall,
+                    now=created,
+                    expires=expires,
+                )
+            )
+        except InsufficientFunds as short:
+            raise InsufficientFunds(amount, short.available_nanos + max(0, lease.free)) from None
+        finally:
+            growing, lease.growing = lease.growing, None
+            growing.set_result(None)
+        lease.amount += granted
+
+    # --- settlement ---------------------------------------------------------------------------
+
+    async def resolve(
+        self,
+        hold: Hold,
+        charge_nanos: int | None,
+        *,
+        estimated: bool,
+        note: str,
+        resolved_at: datetime,
+    ) -> Settlement:
+        """Settle (`charge_nanos`) or release (None) a lease-admitted hold; returns once it is
+        committed with the rest of its batch. Raises `NotLeased` for any other hold."""
+        found = self._open.pop(hold.id, None)
+        if found is None:
+            raise NotLeased(hold.id)
+        lease, charge = found.lease, charge_nanos or 0
+        lease.in_flight -= hold.amount_nanos
+        lease.count -= 1
+        lease.pending += charge
+        item = leases_sqlite.Resolved(
+            found.admitted, charge, estimated and charge > 0, note, stamp(resolved_at)
+        )
+        done: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(found, item, done))
+        if self._flushing is None:
+            # Starts on the next loop iteration: every settlement issued until then joins it.
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        return await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        queued, self._queue = self._queue, []
+        self._flushing = None
+        by_lease: dict[str, tuple[_Lease, list[_Queued]]] = {}
+        for entry in queued:
+            lease = entry.open.lease
+            by_lease.setdefault(lease.lease_id, (lease, []))[1].append(entry)
+        groups = []
+        for lease_id, (lease, entries) in by_lease.items():
+            total = sum(q.item.charge_nanos for q in entries)
+            cut = min(total, max(0, lease.amount))
+            groups.append((lease_id, lease.account_id, [q.item for q in entries], cut))
+        now = stamp(datetime.now().astimezone())
+        try:
+            await self.store.hot().run(partial(leases_sqlite.settle_groups, groups=groups, now=now))
+        except leases_sqlite.RowRefused:
+            # One request's row was refused (a request id used before): write them one by one,
+            # so only that one fails.
+            if len(queued) > 1:
+                await self._one_by_one(queued)
+                return
+            self._failed(queued, by_lease, RequestIdReused(queued[0].item.admitted.request_id))
+            return
+        except BaseException as exc:
+            self._failed(queued, by_lease, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        journal = self._journal_now()
+        for (lease, entries), (_, _, _, cut) in zip(by_lease.values(), groups, strict=True):
+            lease.amount -= cut
+            lease.pending -= sum(q.item.charge_nanos for q in entries)
+            if lease.count == 0 and lease.pending == 0:
+                self._idle(lease)
+        for entry in queued:
+            journal.settled(entry.open.hold.id)
+            item, hold = entry.item, entry.open.hold
+            state = "settled" if item.charge_nanos else "released"
+            settlement = first_settlement(
+                hold,
+                state,
+                item.charge_nanos,
+                item.estimated,
+                item.balance_after_nanos,
+                item.ledger_entry_id,
+            )
+            if not entry.done.done():
+                entry.done.set_result(settlement)
+
+    async def _one_by_one(self, queued: list[_Queued]) -> None:
+        for entry in queued:
+            self._queue = [entry]
+            await self._flush()
+
+    @staticmethod
+    def _failed(
+        queued: list[_Queued],
+        by_lease: dict[str, tuple[_Lease, list[_Queued]]],
+        exc: BaseException,
+    ) -> None:
+        """Nothing of the batch was written. The requests stay in the journal, so a restart
+        settles them at their recovery charge; their callers see the error."""
+        log.error("writing a batch of %d settlements failed: %s", len(queued), exc)
+        for lease, entries in by_lease.values():
+            lease.pending -= sum(q.item.charge_nanos for q in entries)
+        error = exc if isinstance(exc, Exception) else RuntimeError("settlement interrupted")
+        for entry in queued:
+            if not entry.done.done():
+                entry.done.set_exception(error)
+
+    # --- giving leases back -------------------------------------------------------------------
+
+    def _idle(self, lease: _Lease) -> None:
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        lease.idle_timer = loop.call_later(
+            self.linger, lambda: loop.create_task(self._release_if_idle(lease))
+        )
+
+    async def _release_if_idle(self, lease: _Lease) -> None:
+        lease.idle_timer = None
+        if lease.count or lease.pending or lease.growing is not None:
+            return
+        if self._leases.get(lease.account_id) is lease:
+            del self._leases[lease.account_id]
+        amount, lease.amount = lease.amount, 0
+        try:
+            await self.store.hot().run(
+                lambda conn: leases_sqlite.release(conn, lease.lease_id, lease.account_id, amount)
+            )
+        except Exception:  # the next start-up (or this process's shutdown) gives it back
+            log.exception("giving back an idle credit lease failed")
+
+    async def give_back(self, account_id: str) -> bool:
+        """Release the account's lease if nothing is in flight against it (a hold outside the
+        lease needs the credit); True when something was given back."""
+        lease = self._leases.get(account_id)
+        if lease is None or lease.count or lease.pending or lease.growing or lease.amount <= 0:
+            return False
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+        await self._release_if_idle(lease)
+        return True
+
+    async def extend(self) -> None:
+        """Push the expiry of this process's leases (the meter's keep-alive)."""
+        if not self._leases:
+            return
+        expires = stamp(datetime.now().astimezone() + self.hold_ttl)
+        await self.store.hot().run(lambda conn: leases_sqlite.extend(conn, self.owner, expires))
+
+    async def close(self) -> None:
+        """At shutdown: write what is queued, give every lease back, close the journal."""
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing
+        for lease in list(self._leases.values()):
+            if lease.idle_timer is not None:
+                lease.idle_timer.cancel()
+            if not lease.count:
+                await self._release_if_idle(lease)
+        if self._journal is not None:
+            self._journal.close(remove=not self._open)
+            self._journal = None
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    async def recover_dead(self, note: str) -> tuple[int, int]:
+        """Resolve every dead process's journal (see the module docstring); returns (requests
+        settled at their recovery charge, nanos charged)."""
+        settled = charged = 0
+        started = time.monotonic()
+        for dead in list(dead_journals(self.directory, live_owner=self.owner)):
+            now = stamp(datetime.now().astimezone())
+            count, nanos = await self.store.hot().run(
+                partial(
+                    leases_sqlite.recover_owner,
+                    owner=dead.owner,
+                    admitted=dead.admitted,
+                    note=note,
+                    now=now,
+                )
+            )
+            dead.remove()
+            settled, charged = settled + count, charged + nanos
+        # Leases of owners that left no lock at all (no journal to read): nothing was admitted
+        # against them after the lock went, so they are given back whole.
+        for owner in await self.store.hot().run(leases_sqlite.lease_owners):
+            if owner != self.owner and not (self.directory / f"{owner}.lock").exists():
+                now = stamp(datetime.now().astimezone())
+                await self.store.hot().run(
+                    partial(
+                        leases_sqlite.recover_owner, owner=owner, admitted=[], note=note, now=now
+                    )
+                )
+        if settled:
+            log.warning(
+                "recovered %d lease-admitted requests a crashed process left in flight "
+                "(charged %d nanos at their estimates) in %.2f s",
+                settled,
+                charged,
+                time.monotonic() - started,
+            )
+        return settled, charged
