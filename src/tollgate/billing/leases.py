@@ -38,7 +38,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from tollgate.store import leases_sqlite
@@ -168,7 +168,7 @@ class CreditLeases:
             return
         shortfall = amount - lease.free
         want = shortfall + GROWTH_REQUESTS * amount
-        now = datetime.now().astimezone()
+        now = datetime.now(UTC)
         created, expires = stamp(now), stamp(now + self.hold_ttl)
         lease.growing = asyncio.get_running_loop().create_future()
         try:
@@ -233,7 +233,7 @@ class CreditLeases:
             total = sum(q.item.charge_nanos for q in entries)
             cut = min(total, max(0, lease.amount))
             groups.append((lease_id, lease.account_id, [q.item for q in entries], cut))
-        now = stamp(datetime.now().astimezone())
+        now = stamp(datetime.now(UTC))
         try:
             await self.store.hot().run(partial(leases_sqlite.settle_groups, groups=groups, now=now))
         except leases_sqlite.RowRefused:
@@ -330,7 +330,7 @@ class CreditLeases:
         """Push the expiry of this process's leases (the meter's keep-alive)."""
         if not self._leases:
             return
-        expires = stamp(datetime.now().astimezone() + self.hold_ttl)
+        expires = stamp(datetime.now(UTC) + self.hold_ttl)
         await self.store.hot().run(lambda conn: leases_sqlite.extend(conn, self.owner, expires))
 
     async def close(self) -> None:
@@ -355,7 +355,7 @@ class CreditLeases:
         settled = charged = 0
         started = time.monotonic()
         for dead in list(dead_journals(self.directory, live_owner=self.owner)):
-            now = stamp(datetime.now().astimezone())
+            now = stamp(datetime.now(UTC))
             count, nanos = await self.store.hot().run(
                 partial(
                     leases_sqlite.recover_owner,
@@ -371,7 +371,7 @@ class CreditLeases:
         # against them after the lock went, so they are given back whole.
         for owner in await self.store.hot().run(leases_sqlite.lease_owners):
             if owner != self.owner and not (self.directory / f"{owner}.lock").exists():
-                now = stamp(datetime.now().astimezone())
+                now = stamp(datetime.now(UTC))
                 await self.store.hot().run(
                     partial(
                         leases_sqlite.recover_owner, owner=owner, admitted=[], note=note, now=now

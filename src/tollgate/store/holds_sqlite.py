@@ -76,7 +76,9 @@ _CLAIM = (
 
 def stamp(moment: datetime) -> str:
     """A datetime as SQLAlchemy's SQLite dialect stores it (naive UTC text)."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if moment.tzinfo is not UTC:  # the hot path's datetimes are UTC already: skip converting
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _moment(text: str | None) -> datetime | None:
