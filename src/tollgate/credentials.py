@@ -52,7 +52,9 @@ def split_credentials(raw_headers: list[tuple[bytes, bytes]], query: bytes) -> I
     key_value: str | None = None
     forwarded: list[tuple[str, str]] = []
     for name, raw_value in raw_headers:
-        if name.startswith(b"cf-aig-"):
+        if name.startswith(b"cf-"):
+            # The gateway's own headers (`cf-aig-*`, and Cloudflare's legacy `cf-cache-ttl`,
+            # `cf-skip-cache`) are read by the gateway and never reach a provider.
             if name == b"cf-aig-authorization":
                 token = bearer_value(raw_value.decode("latin-1")) or raw_value.decode("latin-1")
             continue

@@ -38,7 +38,7 @@ from tollgate.embeddings import (
     gemini_embeddings_call,
     openai_embeddings_from_gemini,
 )
-from tollgate.errors import GatewayError, InvalidRequest, NotFound
+from tollgate.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
 from tollgate.features.context import RequestContext
 from tollgate.features.headers import gateway_headers
 from tollgate.features.response_cache import NO_CACHE, CacheUse, cache_options, key_parts
@@ -113,6 +113,14 @@ async def route_request(
     """
     inbound = split_credentials(request.headers, request.query)
     principal = await authenticate(services, request.account_id, inbound)
+    if principal is None and client_key(inbound, request.surface) is None:
+        # An anonymous caller is allowed only with its own provider key, which pays. The REST
+        # surface never uses one, so the account's credits would pay for a stranger: refused.
+        raise AuthenticationFailed(
+            "Missing tollgate API token: this endpoint bills the account's credits, so it needs "
+            "one ('Authorization: Bearer tg_...'). A provider key is not used here.",
+            code="missing_token",
+        )
     payload = parse_json_object(request.headers, request.body, request.path)
     row, model = route_model(payload.get("model"))
     request.ctx.provider, request.ctx.model = row.slug, model

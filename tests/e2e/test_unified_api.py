@@ -11,6 +11,8 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Gateway, Sim, managed_key
+from tests.e2e.test_billing_cost import books
+from tests.support.gateways import REQUIRED_GATEWAY_FIELDS
 
 WEATHER_TOOL = {
     "type": "function",
@@ -446,3 +448,40 @@ def test_streams_are_flushed_chunk_by_chunk(
                 arrivals.append(time.monotonic() - started)
     assert len(arrivals) >= 3
     assert arrivals[0] < arrivals[-1] - 0.7  # the first text arrived long before the last
+
+
+def test_a_gateway_without_authentication_never_bills_an_anonymous_caller(
+    gateway: Gateway, sim: Sim
+) -> None:
+    """With `authentication` off, a caller without a token may use its own provider key (it
+    pays). The REST surface never uses a client's key, so there an anonymous caller would be
+    billed to the account's credits: it is refused, and nothing is sent or charged."""
+    account = gateway.account.account_id
+    management = f"{gateway.url}/client/v4/accounts/{account}/ai-gateway/gateways"
+    owner = {"authorization": f"Bearer {gateway.account.token}"}
+    created = httpx.post(
+        management,
+        headers=owner,
+        json={**REQUIRED_GATEWAY_FIELDS, "id": "open", "authentication": False},
+    )
+    assert created.status_code == 200, created.text
+    before = books(gateway)
+    sim.clear()
+    rest = httpx.post(
+        f"{gateway.url}/client/v4/accounts/{account}/ai/v1/chat/completions",
+        headers={"x-api-key": "sk-anyone", "cf-aig-gateway-id": "open"},
+        json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert rest.status_code == 401, rest.text
+    assert "cf-aig-cost" not in rest.headers and sim.requests() == []
+    byok = httpx.post(
+        f"{gateway.url}/v1/{account}/open/compat/chat/completions",
+        headers={"authorization": "Bearer sk-client-own-key"},
+        json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert byok.status_code == 200, byok.text
+    assert "cf-aig-cost" not in byok.headers  # the client's own key paid
+    [upstream] = sim.requests()
+    assert upstream["headers"]["authorization"] == "Bearer sk-client-own-key"  # type: ignore[index]
+    after = books(gateway)
+    assert (after.balance_nanos, after.entries) == (before.balance_nanos, before.entries)
