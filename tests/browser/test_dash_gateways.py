@@ -106,7 +106,7 @@ def test_create_configure_limit_spend_and_delete_a_gateway(live: Live, new_page:
     curl = page.locator("#curl-example").inner_text()
     ran = subprocess.run(
         ["bash", "-c", curl + " --silent --show-error --fail-with-body"],
-        env={**os.environ, "TOLLGATE_TOKEN": live.account.token},
+        env={**os.environ, "TG_TOKEN": live.account.token},
         capture_output=True,
         text=True,
         timeout=30,

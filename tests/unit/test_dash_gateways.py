@@ -315,4 +315,4 @@ def test_endpoint_urls_and_the_curl_example() -> None:
     }
     curl = curl_example("https://ai.example.com", "acc", "gw")
     assert curl.startswith("curl https://ai.example.com/v1/acc/gw/compat/chat/completions \\\n")
-    assert "$TOLLGATE_TOKEN" in curl and "tg_" not in curl
+    assert "$TG_TOKEN" in curl and "tg_" not in curl

@@ -184,7 +184,7 @@ def curl_example(base_url: str, account_id: str, gateway_id: str) -> str:
     root = f"{base_url.rstrip('/')}/v1/{account_id}/{gateway_id}"
     return (
         f"curl {root}/compat/chat/completions \\\n"
-        '  -H "cf-aig-authorization: Bearer $TOLLGATE_TOKEN" \\\n'
+        '  -H "cf-aig-authorization: Bearer $TG_TOKEN" \\\n'
         '  -H "content-type: application/json" \\\n'
         f'  -d \'{{"model": "{EXAMPLE_MODEL}", '
         '"messages": [{"role": "user", "content": "Hello!"}]}\''

@@ -175,7 +175,7 @@ class LogsPage:
         path = f"/v1/{viewer.account.id}/{quote(gateway_id, safe='')}/openai/chat/completions"
         return (
             f"curl {origin}{path} \\\n"
-            '  -H "cf-aig-authorization: Bearer $TOLLGATE_TOKEN" \\\n'
+            '  -H "cf-aig-authorization: Bearer $TG_TOKEN" \\\n'
             '  -H "content-type: application/json" \\\n'
             '  -d \'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}\''
         )
