@@ -91,6 +91,19 @@ def target(request: pytest.FixtureRequest, tmp_path: Path, sim: Sim) -> Iterator
         )
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # killed after each test, whatever happened
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_outlives_its_test() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
 class GatewayProcess:
     """`python -m tollgate serve` as a child process, on a port of its own."""
 
@@ -109,6 +122,7 @@ class GatewayProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        STARTED.append(self.process)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
