@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tollgate.store.loop_writer import Checkpointer, LoopWriter
 
-WAL_SYNC_INTERVAL = 1.0  # seconds between WAL syncs for the hot writer (see loop_writer)
+WAL_SYNC_INTERVAL = 0.1  # seconds between WAL syncs for the hot writer (see loop_writer)
 
 
 def async_url(url: str) -> str:
