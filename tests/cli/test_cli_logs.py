@@ -8,7 +8,6 @@ raises KeyboardInterrupt as Ctrl+C would, so no test sleeps.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.api.test_logs_api import record as api_record
 from tests.cli.conftest import Cli
 from tests.cli.test_cli import UNKNOWN, one_error_line
 from tollgate.store import Store
@@ -26,39 +26,9 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def record(n: int, account_id: str, gateway_id: str = "default", **fields: Any) -> LogRecord:
-    base = LogRecord(
-        id=f"{n:032x}",
-        account_id=account_id,
-        gateway_id=gateway_id,
-        created_at=NOW - timedelta(minutes=10) + timedelta(seconds=n),
-        provider="openai",
-        model="gpt-4o-mini",
-        path="chat/completions",
-        request_type="native",
-        status_code=200,
-        success=True,
-        cached=False,
-        duration_ms=100 * n,
-        tokens_in=10 * n,
-        tokens_out=n,
-        cost_nanos=n * 10_000_000,  # n cents
-        cost_estimated=False,
-        custom_cost=False,
-        credential_source="unified",
-        zdr=False,
-        metadata=None,
-        event_id=None,
-        step=None,
-        user_agent="test",
-        request_content_type="application/json",
-        response_content_type="application/json",
-        request_size=2,
-        response_size=2,
-        payload_collected=False,
-        request_complete=True,
-        response_complete=True,
-    )
-    return dataclasses.replace(base, **fields)
+    """The Logs API tests' log `n`, written minutes ago (so `--follow`'s look-back sees it)."""
+    created_at = NOW - timedelta(minutes=10) + timedelta(seconds=n)
+    return api_record(n, account_id, gateway_id, **{"created_at": created_at, **fields})
 
 
 async def insert(url: str, records: list[LogRecord]) -> None:

@@ -87,12 +87,7 @@ def test_402_in_openai_format(gateway: Gateway, sim: Sim) -> None:
     before = books(gateway, account)
     sim.clear()
     recorder = Recorder()
-    client = openai.OpenAI(
-        api_key=token,
-        base_url=gateway.base("openai", account),
-        max_retries=0,
-        http_client=recorder.client(),
-    )
+    client = openai_client(gateway, recorder, "openai", account_id=account, token=token)
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=8000)
     assert caught.value.status_code == 402
@@ -160,12 +155,7 @@ def test_402_through_compat_in_openai_format(gateway: Gateway, sim: Sim) -> None
     before = books(gateway, account)
     sim.clear()
     recorder = Recorder()
-    client = openai.OpenAI(
-        api_key=token,
-        base_url=gateway.base("compat", account),
-        max_retries=0,
-        http_client=recorder.client(),
-    )
+    client = openai_client(gateway, recorder, "compat", account_id=account, token=token)
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(
             model="anthropic/claude-sonnet-4-6", messages=HELLO, max_tokens=100, stream=True
@@ -198,12 +188,7 @@ def test_openai_request_without_max_tokens_is_capped_to_the_balance(
     before = books(gateway, account)
     sim.clear()
     recorder = Recorder()
-    client = openai.OpenAI(
-        api_key=token,
-        base_url=gateway.base("openai", account),
-        max_retries=0,
-        http_client=recorder.client(),
-    )
+    client = openai_client(gateway, recorder, "openai", account_id=account, token=token)
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
     cap = affordable_tokens("openai", "gpt-4o", recorder.last.request_body, 50_000_000)
     assert MIN_USEFUL_OUTPUT_TOKENS <= cap < 16384
@@ -247,12 +232,7 @@ def test_compat_to_anthropic_without_max_tokens_is_capped(gateway: Gateway, sim:
     account, token = poor_account(gateway, 50_000_000)
     sim.clear()
     recorder = Recorder()
-    client = openai.OpenAI(
-        api_key=token,
-        base_url=gateway.base("compat", account),
-        max_retries=0,
-        http_client=recorder.client(),
-    )
+    client = openai_client(gateway, recorder, "compat", account_id=account, token=token)
     raw = client.chat.completions.with_raw_response.create(
         model="anthropic/claude-sonnet-4-6", messages=HELLO
     )
@@ -275,12 +255,7 @@ def test_compat_to_anthropic_without_max_tokens_holds_the_default_it_sends(
     account, token = poor_account(gateway, 1_000_000_000)  # $1
     sim.clear()
     recorder = Recorder()
-    client = openai.OpenAI(
-        api_key=token,
-        base_url=gateway.base("compat", account),
-        max_retries=0,
-        http_client=recorder.client(),
-    )
+    client = openai_client(gateway, recorder, "compat", account_id=account, token=token)
     raw = client.chat.completions.with_raw_response.create(
         model="anthropic/claude-sonnet-4-6", messages=HELLO
     )

@@ -187,11 +187,19 @@ class Recorder(httpx2.HTTPTransport):
 
 
 def openai_client(
-    gateway: Gateway, recorder: Recorder, base: str = "openai", **kwargs: Any
+    gateway: Gateway,
+    recorder: Recorder,
+    base: str = "openai",
+    *,
+    account_id: str | None = None,
+    token: str | None = None,
+    **kwargs: Any,
 ) -> openai.OpenAI:
+    """The official client through the gateway, its requests recorded; the gateway's seeded
+    account unless `account_id` and `token` name another."""
     return openai.OpenAI(
-        api_key=gateway.account.token,
-        base_url=gateway.base(base),
+        api_key=token or gateway.account.token,
+        base_url=gateway.base(base, account_id),
         max_retries=0,
         http_client=recorder.client(),
         **kwargs,

@@ -222,7 +222,9 @@ class InFlight:
     recovery_charge_nanos: int
 
 
-def in_flight(target: Target, account_id: str, open_holds: list[Hold]) -> list[InFlight]:
+def in_flight(
+    target: Target, account_id: str, books: AccountSnapshot, open_holds: list[Hold]
+) -> list[InFlight]:
     """The forwarded holds of requests in flight: open rows on PostgreSQL; on SQLite, the journal
     lines of lease-admitted requests that have no hold row yet."""
     rows = [
@@ -238,7 +240,6 @@ def in_flight(target: Target, account_id: str, open_holds: list[Hold]) -> list[I
         for path in sorted(directory.glob("*.jsonl"))
         for line in path.read_bytes().splitlines()
     ]
-    books, _ = snapshot(target.database_url, account_id)
     stored = {hold.id for hold in books.holds}
     journaled = [
         InFlight(a.hold_id, a.amount_nanos, a.recovery_charge_nanos)
@@ -281,8 +282,8 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
             first_line = next(readers[-1])  # the upstream is answering: forwarded
             assert first_line.startswith("data: {"), first_line
         unforwarded = hold_never_forwarded(target, account.account_id)
-        _, open_before = snapshot(target.database_url, account.account_id)
-        forwarded = in_flight(target, account.account_id, open_before)
+        books_before, open_before = snapshot(target.database_url, account.account_id)
+        forwarded = in_flight(target, account.account_id, books_before, open_before)
         assert len(forwarded) == IN_FLIGHT
         assert unforwarded.id in {h.id for h in open_before}
         first.kill()
@@ -292,7 +293,7 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
     books, still_open = snapshot(target.database_url, account.account_id)
     assert {h.id for h in still_open} == {h.id for h in open_before}
     assert books.held_nanos == sum(h.amount_nanos for h in open_before)
-    assert in_flight(target, account.account_id, still_open) == forwarded
+    assert in_flight(target, account.account_id, books, still_open) == forwarded
     if "postgresql" in target.database_url:
         wait_until_expired(still_open)
 

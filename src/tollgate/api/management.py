@@ -59,6 +59,7 @@ from tollgate.gateway_config import (
     parse_gateway_create,
     parse_gateway_update,
 )
+from tollgate.gateway_writes import GatewayWrites
 from tollgate.ids import CUSTOM_PROVIDER
 from tollgate.providers.registry import PROVIDERS
 from tollgate.services import Services
@@ -89,6 +90,7 @@ class GatewayRoutes:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.writes = GatewayWrites(services)
 
     async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
         await authorize_api_call(
@@ -129,13 +131,7 @@ class GatewayRoutes:
         await self._authorize(request, account_id, "edit")
         gateway_id, config = parse_gateway_create(await self._json_body(request))
         try:
-            record = await gateway_repo.insert_gateway(
-                self.services.store,
-                account_id,
-                gateway_id,
-                config,
-                is_default=gateway_id == DEFAULT_GATEWAY_ID,
-            )
+            record = await self.writes.create(account_id, gateway_id, config)
         except gateway_repo.GatewayExists:
             raise Conflict(
                 f"A gateway named '{gateway_id}' already exists in this account. Choose another "
@@ -143,7 +139,6 @@ class GatewayRoutes:
                 code="already_exists",
                 param="id",
             ) from None
-        self.services.gateways.invalidate(account_id, gateway_id)
         return cloudflare_response(gateway_object(record))
 
     async def get_gateway(self, request: Request, account_id: str, id: str) -> Response:
@@ -153,20 +148,16 @@ class GatewayRoutes:
     async def update_gateway(self, request: Request, account_id: str, id: str) -> Response:
         await self._authorize(request, account_id, "edit")
         config = parse_gateway_update(await self._json_body(request), id)
-        record = await gateway_repo.update_gateway(self.services.store, account_id, id, config)
+        record = await self.writes.update(account_id, id, config)
         if record is None:
             raise _gateway_not_found(account_id, id)
-        self.services.gateways.invalidate(account_id, id)
         return cloudflare_response(gateway_object(record))
 
     async def delete_gateway(self, request: Request, account_id: str, id: str) -> Response:
         await self._authorize(request, account_id, "edit")
-        record = await gateway_repo.delete_gateway(self.services.store, account_id, id)
+        record = await self.writes.delete(account_id, id)
         if record is None:
             raise _gateway_not_found(account_id, id)
-        self.services.gateways.invalidate(account_id, id)
-        self.services.stored_keys.invalidate(account_id, id)  # its keys went with it (CASCADE)
-        self.services.logs.forget_count(account_id, id)  # and its logs (log_management counts)
         return cloudflare_response(gateway_object(record))
 
     async def gateway_url(

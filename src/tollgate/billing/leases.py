@@ -224,6 +224,10 @@ class CreditLeases:
     async def _flush(self) -> None:
         queued, self._queue = self._queue, []
         self._flushing = None
+        await self._write(queued)
+
+    async def _write(self, queued: list[_Queued]) -> None:
+        """Write `queued` in one transaction and answer each caller."""
         by_lease: dict[str, tuple[_Lease, list[_Queued]]] = {}
         for entry in queued:
             lease = entry.open.lease
@@ -240,7 +244,8 @@ class CreditLeases:
             # One request's row was refused (a request id used before): write them one by one,
             # so only that one fails.
             if len(queued) > 1:
-                await self._one_by_one(queued)
+                for entry in queued:
+                    await self._write([entry])
                 return
             self._failed(queued, by_lease, RequestIdReused(queued[0].item.admitted.request_id))
             return
@@ -269,11 +274,6 @@ class CreditLeases:
             )
             if not entry.done.done():
                 entry.done.set_result(settlement)
-
-    async def _one_by_one(self, queued: list[_Queued]) -> None:
-        for entry in queued:
-            self._queue = [entry]
-            await self._flush()
 
     @staticmethod
     def _failed(

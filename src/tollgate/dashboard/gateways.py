@@ -10,10 +10,10 @@ POST /dashboard/{account_id}/gateways/{id}/spend-limits        turn enforcement 
 GET  /dashboard/{account_id}/gateways/{id}/delete              the confirm step              (edit)
 POST /dashboard/{account_id}/gateways/{id}/delete              delete it, and its logs       (edit)
 
-The pages write through the management API's store calls and drop the same caches its routes
-drop (`gateways_writes`), so the data plane sees a change at once; what they store has passed
-the API's own validators (`gateways_forms`). A gateway id that is malformed, unknown, or another
-account's is a 404 page.
+The pages write through `tollgate.gateway_writes`, as the management API's routes do (the same
+store calls, the same caches dropped), so the data plane sees a change at once; what they store
+has passed the API's own validators (`gateways_forms`). A gateway id that is malformed, unknown,
+or another account's is a 404 page.
 
 A settings save carries the version it was read at (`modified_at`): a save over a gateway changed
 meanwhile (by the API, or another tab) is refused with 409 instead of silently undoing that change.
@@ -51,10 +51,10 @@ from tollgate.dashboard.gateways_view import (
     rule_view,
     when,
 )
-from tollgate.dashboard.gateways_writes import GatewayWrites
 from tollgate.dashboard.web import BASE, redirect
 from tollgate.errors import InvalidRequest
 from tollgate.gateway_config import GATEWAY_ID_MAX_LENGTH, SPEND_RULES_MAX, validate_gateway_id
+from tollgate.gateway_writes import GatewayWrites
 from tollgate.store import GatewayRecord
 from tollgate.store import gateways as gateway_repo
 from tollgate.store import limits as limit_repo

@@ -1,27 +1,30 @@
-"""The Gateways pages' writes: create, update and delete a gateway exactly as the management API's
-routes do (`tollgate.api.management.GatewayRoutes`): the same store calls, then the same caches
-dropped, so the data plane sees the change at once."""
+"""Creating, updating and deleting a gateway in a running gateway process: the store call, then
+every cache that must drop it, so the data plane sees the change at once. The management API's
+routes and the dashboard's Gateways pages both write through here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollgate.gateway_cache import DEFAULT_GATEWAY_ID
-from tollgate.services import Services
 from tollgate.store import GatewayRecord
 from tollgate.store import gateways as gateway_repo
 
+if TYPE_CHECKING:
+    from tollgate.services import Services
+
 
 class GatewayWrites:
-    """Create, update and delete exactly as the management API's routes do: the same store calls,
-    then the same caches dropped."""
+    """Create, update and delete a gateway, and drop what the process caches about it."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def create(self, account_id: str, gateway_id: str, config: dict[str, Any]) -> None:
+    async def create(
+        self, account_id: str, gateway_id: str, config: dict[str, Any]
+    ) -> GatewayRecord:
         """Raises `gateway_repo.GatewayExists`."""
-        await gateway_repo.insert_gateway(
+        record = await gateway_repo.insert_gateway(
             self.services.store,
             account_id,
             gateway_id,
@@ -29,6 +32,7 @@ class GatewayWrites:
             is_default=gateway_id == DEFAULT_GATEWAY_ID,
         )
         self.services.gateways.invalidate(account_id, gateway_id)
+        return record
 
     async def update(
         self, account_id: str, gateway_id: str, config: dict[str, Any]
