@@ -86,7 +86,11 @@ class Services:
         )
         hold_ttl = timedelta(seconds=settings.billing.hold_ttl_seconds)
         leases = (
-            CreditLeases(store, hold_ttl=hold_ttl)
+            CreditLeases(
+                store,
+                hold_ttl=hold_ttl,
+                commit_delay=settings.billing.commit_delay_ms / 1000,
+            )
             if store.dialect == "sqlite" and settings.billing.credit_leases
             else None
         )

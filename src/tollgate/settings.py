@@ -121,6 +121,9 @@ class BillingSettings(BaseModel):
     # SQLite: admit Unified Billing requests against a per-process credit lease in memory and
     # settle them in batches (billing/leases.py); off, every request holds in the database.
     credit_leases: bool = True
+    # With leases: how long a settlement batch waits for other requests ending meanwhile to share
+    # its commit (only while others are in flight; a lone request is never delayed).
+    commit_delay_ms: float = Field(0.5, ge=0, le=20)
 
 
 class ProviderSettings(BaseModel):

@@ -120,6 +120,12 @@ MEANINGS: dict[str, str] = {
         "batches; a crash is recovered from the process's journal ([billing.md](billing.md)). Off: "
         "each request holds and settles in the database. PostgreSQL always holds in the database"
     ),
+    "billing.commit_delay_ms": (
+        "With credit leases: how long a batch of settlements waits before its commit for other "
+        "requests ending meanwhile to join it (group commit, like PostgreSQL's `commit_delay`). "
+        "Only while at least two other requests are in flight: a lone request is never delayed. "
+        "0 writes each loop iteration's settlements at once ([billing.md](billing.md))"
+    ),
     "upstream.connect_timeout_seconds": "TCP connect timeout to a provider",
     "upstream.first_byte_timeout_seconds": (
         "time allowed until a provider's response headers (504 after); a started stream may run "

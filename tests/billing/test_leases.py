@@ -2,13 +2,16 @@
 batches, recovered from the journal of a process that died. Real store, real journal files.
 
 The money guarantees are the ledger's: exactly as many requests admitted as the credit covers,
-under any concurrency; every request one hold row and (when charged) one usage entry; the
-invariants (`check_invariants`, which also checks `leased_nanos` against the lease rows) after
-every step; nothing left leased once the account is idle or the process stops."""
+under any concurrency; a request charged its measured usage is one `lease:` usage entry, any
+other outcome a resolved hold row (plus a `hold:` entry when charged); a repeated settle returns
+the first result; the invariants (`check_invariants`, which also checks `leased_nanos` against
+the lease rows) after every step; nothing left leased once the account is idle or the process
+stops."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,14 +21,14 @@ import pytest
 
 from tests.billing.test_ledger import FakeClock, new_account
 from tollgate.billing.leases import GROWTH_REQUESTS, CreditLeases, RequestIdReused
-from tollgate.billing.ledger import RECOVERY_NOTE, Ledger, check_invariants
+from tollgate.billing.ledger import RECOVERY_NOTE, InvariantViolation, Ledger, check_invariants
 from tollgate.billing.limits import LimitSpec, account_key
 from tollgate.billing.windows import Window
 from tollgate.errors import InsufficientBalance
 from tollgate.store import Store
 from tollgate.store import journal as journal_module
 from tollgate.store._util import ordered_id
-from tollgate.store.journal import journal_dir
+from tollgate.store.journal import Admitted, journal_dir, read_lines
 from tollgate.store.migrate import migrate
 
 TTL = timedelta(minutes=15)
@@ -87,8 +90,10 @@ async def test_a_balance_worth_n_holds_admits_exactly_n_of_10n_concurrent(env: L
     assert [s.state for s in settlements] == ["settled"] * n
     books = await check_invariants(env.store, account_id)
     assert books.balance_nanos == n * HOLD - n * (HOLD // 2)
-    assert len(books.holds) == n and all(h.state == "settled" for h in books.holds)
-    assert [e.kind for e in books.entries].count("usage") == n
+    assert books.holds == ()  # charged their measured usage: one `lease:` entry each
+    usage = [e for e in books.entries if e.kind == "usage"]
+    assert sorted(e.reference or "" for e in usage) == sorted(f"lease:{h.id}" for h in admitted)  # type: ignore[attr-defined]
+    assert all(e.amount_nanos == -(HOLD // 2) for e in usage)
     await env.leases.close()
     books = await check_invariants(env.store, account_id)
     assert books.leased_nanos == 0 and books.balance_nanos == n * (HOLD // 2)
@@ -200,17 +205,108 @@ async def test_settled_journal_segments_are_deleted(
 
 
 async def test_a_reused_request_id_fails_alone_and_the_batch_is_written(env: Leased) -> None:
+    # A request id is stored with a hold row: a release, or a charge of an estimate. (A request
+    # charged its measured usage is one `lease:` entry: the meter's request ids are fresh.)
     account_id = await new_account(env.store, 10**12)
     first = await env.ledger.hold(account_id, "same-id", HOLD, forwarded=True)
-    await env.ledger.settle(first, 5)  # type: ignore[arg-type]
+    await env.ledger.release(first)  # type: ignore[arg-type]
     again = await env.ledger.hold(account_id, "same-id", HOLD, forwarded=True)
     others = [await hold(env.ledger, account_id) for _ in range(3)]
     results = await asyncio.gather(
-        env.ledger.settle(again, 5),  # type: ignore[arg-type]
+        env.ledger.settle(again, 5, estimated=True),  # type: ignore[arg-type]
         *(env.ledger.settle(h, 5) for h in others),  # type: ignore[arg-type]
         return_exceptions=True,
     )
     assert isinstance(results[0], RequestIdReused)
     assert [getattr(r, "state", None) for r in results[1:]] == ["settled"] * 3
     books = await check_invariants(env.store, account_id)
-    assert books.balance_nanos == 10**12 - 4 * 5
+    assert books.balance_nanos == 10**12 - 3 * 5
+
+
+async def test_a_repeated_settle_returns_the_first_result_and_changes_nothing(env: Leased) -> None:
+    account_id = await new_account(env.store, 10**12)
+    admitted = await hold(env.ledger, account_id)
+    first = await env.ledger.settle(admitted, 5, note="measured")  # type: ignore[arg-type]
+    books = await check_invariants(env.store, account_id)
+    again = await env.ledger.settle(admitted, 7)  # type: ignore[arg-type]
+    assert again.replayed and not first.replayed
+    assert (again.charged_nanos, again.ledger_entry_id, again.balance_after_nanos) == (
+        5,
+        first.ledger_entry_id,
+        first.balance_after_nanos,
+    )
+    after = await check_invariants(env.store, account_id)
+    assert (after.balance_nanos, after.entries) == (books.balance_nanos, books.entries)
+
+
+async def test_an_estimated_charge_keeps_its_hold_row_and_flag(env: Leased) -> None:
+    account_id = await new_account(env.store, 10**12)
+    admitted = await hold(env.ledger, account_id)
+    result = await env.ledger.settle(admitted, 9, estimated=True)  # type: ignore[arg-type]
+    books = await check_invariants(env.store, account_id)
+    [row] = books.holds
+    stored = books.resolutions[row.id]
+    assert (stored.state, stored.charged_nanos, stored.estimated) == ("settled", 9, True)
+    [usage] = [e for e in books.entries if e.kind == "usage"]
+    assert usage.reference == f"hold:{row.id}" and usage.id == result.ledger_entry_id
+
+
+async def test_the_invariants_refuse_a_leased_request_written_twice(env: Leased) -> None:
+    account_id = await new_account(env.store, 10**12)
+    admitted = await hold(env.ledger, account_id)
+    await env.ledger.settle(admitted, 5)  # type: ignore[arg-type]
+    await env.leases.close()
+    # The same request also as a hold row: its charge would be counted twice.
+    conn = sqlite3.connect(env.store.sqlite_path or "")
+    with conn:
+        conn.execute(
+            "INSERT INTO holds (id, account_id, request_id, amount_nanos, recovery_charge_nanos, "
+            "state, created_at, expires_at, charged_nanos) VALUES (?, ?, 'again', ?, 0, "
+            "'released', '2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000', 0)",
+            (admitted.id, account_id, HOLD),  # type: ignore[attr-defined]
+        )
+    conn.close()
+    with pytest.raises(InvariantViolation, match="also has a row"):
+        await check_invariants(env.store, account_id)
+
+
+def test_the_journal_reader_skips_a_line_cut_short_and_reads_older_lines(tmp_path: Path) -> None:
+    current = Admitted("h1", "acct", "req-1", "default", "openai/gpt-4o", 100, 10, 1_700_000_000)
+    # Written by tollgate 0.1: stored-form timestamps and an expiry.
+    older = b'["h2","acct","req-2",null,null,200,20,"2026-01-02 03:04:05.000006","x"]\n'
+    cut = current.line()[:-9]  # the process died while copying this line: never forwarded
+    segment = tmp_path / "owner.1.jsonl"
+    segment.write_bytes(current.line() + older + cut + bytes(4096))
+    lines = read_lines(segment)
+    assert [a.hold_id for a in lines] == ["h1", "h2"]
+    assert lines[0] == current
+    assert lines[1].created_us == 1_767_323_045_000_006  # 2026-01-02 03:04:05.000006 UTC
+
+
+async def test_settlements_ending_close_together_share_one_commit(env: Leased) -> None:
+    account_id = await new_account(env.store, 10**12)
+    leases = CreditLeases(env.store, hold_ttl=TTL, commit_delay=0.2)
+    ledger = Ledger(env.store, env.clock, hold_ttl=TTL, leases=leases)
+    held = [await hold(ledger, account_id) for _ in range(3)]
+    writer = env.store.hot()
+    before = writer.commits
+    first = asyncio.create_task(ledger.settle(held[0], 1))  # type: ignore[arg-type]
+    await asyncio.sleep(0.02)  # two others still in flight: the batch waits for them
+    assert not first.done()
+    rest = [ledger.settle(h, 1) for h in held[1:]]  # type: ignore[arg-type]
+    results = await asyncio.gather(first, *rest)
+    assert [r.state for r in results] == ["settled"] * 3
+    assert writer.commits == before + 1
+    await leases.close()
+    assert (await check_invariants(env.store, account_id)).balance_nanos == 10**12 - 3
+
+
+async def test_a_lone_settlement_is_not_delayed(env: Leased) -> None:
+    account_id = await new_account(env.store, 10**12)
+    leases = CreditLeases(env.store, hold_ttl=TTL, commit_delay=5.0)
+    ledger = Ledger(env.store, env.clock, hold_ttl=TTL, leases=leases)
+    alone = await hold(ledger, account_id)
+    # Nothing else in flight: written at once, not after the 5 s delay.
+    result = await asyncio.wait_for(ledger.settle(alone, 1), timeout=2.0)  # type: ignore[arg-type]
+    assert result.state == "settled"
+    await leases.close()

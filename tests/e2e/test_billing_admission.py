@@ -262,11 +262,17 @@ def test_compat_to_anthropic_without_max_tokens_holds_the_default_it_sends(
     assert "cf-aig-max-tokens-capped" not in raw.headers
     [upstream] = sim.requests()
     assert json.loads(str(upstream["body"]))["max_tokens"] == DEFAULT_MAX_TOKENS
-    [hold] = books(gateway, account).holds
+    # What was held, seen from outside: a balance of exactly that is admitted as it is, and a
+    # nano-dollar less has its output capped.
     body = recorder.last.request_body
-    assert hold.amount_nanos == needed_nanos(
-        "anthropic", "claude-sonnet-4-6", body, DEFAULT_MAX_TOKENS
-    )
+    held = needed_nanos("anthropic", "claude-sonnet-4-6", body, DEFAULT_MAX_TOKENS)
+    for balance, capped in ((held, False), (held - 1, True)):
+        account, token = poor_account(gateway, balance)
+        client = openai_client(gateway, recorder, "compat", account_id=account, token=token)
+        raw = client.chat.completions.with_raw_response.create(
+            model="anthropic/claude-sonnet-4-6", messages=HELLO
+        )
+        assert ("cf-aig-max-tokens-capped" in raw.headers) is capped, balance
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ from tollgate.store import Store
 from tollgate.store import holds as holds_repo
 from tollgate.store import ledger as ledger_repo
 from tollgate.store.holds import Hold
-from tollgate.store.journal import Admitted, journal_dir
+from tollgate.store.journal import journal_dir, read_lines
 from tollgate.store.snapshot import AccountSnapshot
 
 MODEL = "gpt-4o-mini"
@@ -226,7 +226,7 @@ def in_flight(
     target: Target, account_id: str, books: AccountSnapshot, open_holds: list[Hold]
 ) -> list[InFlight]:
     """The forwarded holds of requests in flight: open rows on PostgreSQL; on SQLite, the journal
-    lines of lease-admitted requests that have no hold row yet."""
+    lines of lease-admitted requests that have no hold row or `lease:` entry yet."""
     rows = [
         InFlight(h.id, h.amount_nanos, h.recovery_charge_nanos)
         for h in open_holds
@@ -235,12 +235,9 @@ def in_flight(
     if "postgresql" in target.database_url:
         return rows
     directory = journal_dir(target.database_url.removeprefix("sqlite:///"))
-    lines = [
-        Admitted.parse(line)
-        for path in sorted(directory.glob("*.jsonl"))
-        for line in path.read_bytes().splitlines()
-    ]
-    stored = {hold.id for hold in books.holds}
+    lines = [a for path in sorted(directory.glob("*.jsonl")) for a in read_lines(path)]
+    stored = {hold.id for hold in books.holds}  # over: a hold row, or a `lease:` entry
+    stored |= {(e.reference or "").removeprefix("lease:") for e in books.entries}
     journaled = [
         InFlight(a.hold_id, a.amount_nanos, a.recovery_charge_nanos)
         for a in lines

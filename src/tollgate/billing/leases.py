@@ -14,18 +14,26 @@ reserves a slice of an account's credit once (a **lease**: `credit_leases`, coun
 - **journals** the admission (`tollgate.store.journal`: one line appended, no database write)
   before the request is forwarded, so a crash loses no forwarded request;
 - **settles** in batches: the requests that end in the same loop iteration are written in one
-  transaction (`leases_sqlite.settle_batch`): each hold row, already resolved, its ledger entry,
+  transaction (`leases_sqlite.settle_batch`): for each, its `usage` ledger entry (a request
+  charged its measured usage has no hold row; any other outcome also gets its resolved hold row),
   and one update of the account and of the lease. A request's answer waits for that commit, as
-  it waits for its settlement without leases, so the books are complete when the client has it;
+  it waits for its settlement without leases, so the books are complete when the client has it.
+  A commit costs about as much as the rows of a dozen requests, and requests under load end a
+  few per loop iteration, so when at least `COMMIT_SIBLINGS` other requests are in flight a
+  batch waits `commit_delay` (0.5 ms by default, `billing.commit_delay_ms`) before it is written,
+  for the requests ending meanwhile to join it: PostgreSQL's `commit_delay` and
+  `commit_siblings`. Measured at 16 connections: batches of 1-3 requests became batches of 16,
+  and billing's CPU per request fell by half. A lone request is never delayed;
 - **releases** the lease once the account has had no request in flight for `linger` seconds, and
   at shutdown.
 
-What does not change: every request still gets one hold row and, when charged, one `usage` entry
-(`hold:{id}`), so the invariants (`ledger.check_invariants`), the APIs and maintenance see the
-same books. A request counted by a spending limit (or not drawing on credits) takes the hold
-path: limits are checked in the database. Crash recovery: at start-up, each dead process's
-journal is read; its admissions without a hold row were in flight and are settled at their
-recovery charge (the ledger's policy for a forwarded hold), then its leases are released.
+What does not change: every charged request gets one `usage` entry and every balance and lease
+invariant holds (`ledger.check_invariants` also checks the `lease:` entries), so the APIs and
+maintenance see the same books. A request counted by a spending limit (or not drawing on
+credits) takes the hold path: limits are checked in the database. Crash recovery: at start-up,
+each dead process's journal is read; its admissions with neither a `lease:` entry nor a hold row
+were in flight and are settled at their recovery charge (the ledger's policy for a forwarded
+hold), then its leases are released.
 
 Only on SQLite, where the event loop's writer is the database's one writer
 (`tollgate.store.loop_writer`). Several processes on one SQLite file each lease their own slice.
@@ -41,10 +49,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+from tollgate.billing.windows import Clock, utc_now
 from tollgate.store import leases_sqlite
 from tollgate.store._util import ordered_id
 from tollgate.store.engine import Store
-from tollgate.store.holds import Hold, InsufficientFunds, NewHold, Settlement, first_settlement
+from tollgate.store.holds import Hold, InsufficientFunds, Settlement, first_settlement
 from tollgate.store.holds_sqlite import stamp
 from tollgate.store.journal import Admitted, Journal, dead_journals, journal_dir
 
@@ -52,6 +61,8 @@ log = logging.getLogger(__name__)
 
 GROWTH_REQUESTS = 64  # a lease grows by room for this many more requests like the one short
 LINGER_SECONDS = 2.0  # an idle account's lease is given back after this long
+COMMIT_DELAY_SECONDS = 0.0005  # how long a settlement batch waits for others to join it...
+COMMIT_SIBLINGS = 2  # ...when at least this many other lease-admitted requests are in flight
 
 
 class NotLeased(Exception):
@@ -97,12 +108,20 @@ class CreditLeases:
     """This process's leases, journal and settlement batches, over one SQLite store."""
 
     def __init__(
-        self, store: Store, *, hold_ttl: timedelta, linger: float = LINGER_SECONDS
+        self,
+        store: Store,
+        *,
+        hold_ttl: timedelta,
+        linger: float = LINGER_SECONDS,
+        commit_delay: float = COMMIT_DELAY_SECONDS,
+        clock: Clock = utc_now,
     ) -> None:
         assert store.dialect == "sqlite" and store.sqlite_path is not None
         self.store = store
         self.hold_ttl = hold_ttl
+        self.clock = clock  # the ledger's: a batch is stamped with its time
         self.linger = linger
+        self.commit_delay = commit_delay
         self.owner = ordered_id()
         self.directory = journal_dir(store.sqlite_path)
         self._journal: Journal | None = None
@@ -126,10 +145,21 @@ class CreditLeases:
 
     # --- admission ----------------------------------------------------------------------------
 
-    async def hold(self, new: NewHold) -> Hold:
-        """Admit `new` against the account's lease (growing it if short), journal it, and return
-        its open hold. Raises `InsufficientFunds` (needed, available to this request)."""
-        account_id, amount = new.account_id, new.amount_nanos
+    async def hold(
+        self,
+        account_id: str,
+        request_id: str,
+        amount: int,
+        recovery_charge: int,
+        *,
+        gateway_id: str | None,
+        model: str | None,
+        now: datetime,
+        expires: datetime,
+    ) -> Hold:
+        """Admit a request holding `amount` against the account's lease (growing it if short),
+        journal it, and return its open hold. Raises `InsufficientFunds` (needed, available to
+        this request)."""
         journal = self._journal_now()  # before any lease: a lease always has its owner's lock
         lease = self._leases.get(account_id)
         if lease is None:
@@ -139,27 +169,36 @@ class CreditLeases:
         if lease.idle_timer is not None:
             lease.idle_timer.cancel()
             lease.idle_timer = None
+        hold_id = ordered_id()
+        admitted = Admitted(
+            hold_id,
+            account_id,
+            request_id,
+            gateway_id,
+            model,
+            amount,
+            recovery_charge,
+            int(now.timestamp() * 1_000_000),
+        )
+        journal.append(admitted)  # an OSError refuses the request: nothing was reserved yet
         lease.in_flight += amount
         lease.count += 1
-        hold = new.hold(ordered_id())
-        admitted = Admitted(
-            hold.id,
+        hold = Hold(
+            hold_id,
             account_id,
-            new.request_id,
-            new.gateway_id,
-            new.model,
+            request_id,
+            gateway_id,
+            model,
             amount,
-            new.recovery_charge_nanos,
-            stamp(new.created_at),
-            stamp(new.expires_at),
+            recovery_charge,
+            True,
+            (),
+            "open",
+            now,
+            expires,
+            now,
         )
-        try:
-            journal.append(admitted)
-        except OSError:
-            lease.in_flight -= amount
-            lease.count -= 1
-            raise
-        self._open[hold.id] = _Open(lease, hold, admitted)
+        self._open[hold_id] = _Open(lease, hold, admitted)
         return hold
 
     async def _grow(self, lease: _Lease, amount: int) -> None:
@@ -194,13 +233,7 @@ class CreditLeases:
     # --- settlement ---------------------------------------------------------------------------
 
     async def resolve(
-        self,
-        hold: Hold,
-        charge_nanos: int | None,
-        *,
-        estimated: bool,
-        note: str,
-        resolved_at: datetime,
+        self, hold: Hold, charge_nanos: int | None, *, estimated: bool, note: str
     ) -> Settlement:
         """Settle (`charge_nanos`) or release (None) a lease-admitted hold; returns once it is
         committed with the rest of its batch. Raises `NotLeased` for any other hold."""
@@ -211,17 +244,27 @@ class CreditLeases:
         lease.in_flight -= hold.amount_nanos
         lease.count -= 1
         lease.pending += charge
-        item = leases_sqlite.Resolved(
-            found.admitted, charge, estimated and charge > 0, note, stamp(resolved_at)
-        )
-        done: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
+        item = leases_sqlite.Resolved(found.admitted, charge, estimated and charge > 0, note)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Settlement] = loop.create_future()
         self._queue.append(_Queued(found, item, done))
         if self._flushing is None:
-            # Starts on the next loop iteration: every settlement issued until then joins it.
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-        return await asyncio.shield(done)
+            # Written on the next loop iteration, with every settlement issued until then. With
+            # other requests in flight, a little later (`commit_delay`), so that those ending
+            # meanwhile share the commit: see the module docstring.
+            siblings = len(self._open) >= COMMIT_SIBLINGS
+            self._flushing = loop.create_task(self._flush(self.commit_delay if siblings else 0.0))
+        # Not shielded: a cancelled caller cancels only its wait; the batch is written anyway.
+        return await done
 
-    async def _flush(self) -> None:
+    async def settled_before(self, hold: Hold) -> Settlement | None:
+        """The first result of a lease-admitted hold charged its measured usage (a repeated
+        settle), or None if it has no such settlement."""
+        return await self.store.hot().run(partial(leases_sqlite.lease_settlement, hold=hold))
+
+    async def _flush(self, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         queued, self._queue = self._queue, []
         self._flushing = None
         await self._write(queued)
@@ -237,7 +280,7 @@ class CreditLeases:
             total = sum(q.item.charge_nanos for q in entries)
             cut = min(total, max(0, lease.amount))
             groups.append((lease_id, lease.account_id, [q.item for q in entries], cut))
-        now = stamp(datetime.now(UTC))
+        now = stamp(self.clock())
         try:
             await self.store.hot().run(partial(leases_sqlite.settle_groups, groups=groups, now=now))
         except leases_sqlite.RowRefused:
@@ -261,19 +304,19 @@ class CreditLeases:
             if lease.count == 0 and lease.pending == 0:
                 self._idle(lease)
         for entry in queued:
-            journal.settled(entry.open.hold.id)
             item, hold = entry.item, entry.open.hold
-            state = "settled" if item.charge_nanos else "released"
-            settlement = first_settlement(
-                hold,
-                state,
-                item.charge_nanos,
-                item.estimated,
-                item.balance_after_nanos,
-                item.ledger_entry_id,
-            )
+            journal.settled(hold.id)
             if not entry.done.done():
-                entry.done.set_result(settlement)
+                entry.done.set_result(
+                    first_settlement(
+                        hold,
+                        "settled" if item.charge_nanos else "released",
+                        item.charge_nanos,
+                        item.estimated,
+                        item.balance_after_nanos,
+                        item.ledger_entry_id,
+                    )
+                )
 
     @staticmethod
     def _failed(

@@ -43,7 +43,9 @@ entries and each `balance_after` the running sum; `held_nanos` is the sum of ope
 every bucket equals the sum of its holds' current amounts (open: held, settled: charged,
 released: 0); every settled credit hold with a charge has exactly one `usage` entry of `-charge`
 (reference `hold:{id}`), and no other hold does; every such entry names a hold of the account,
-unless maintenance pruned it (`pruned_before`).
+unless maintenance pruned it (`pruned_before`); every `lease:{id}` entry (a lease-admitted request
+charged its measured usage, which has no hold row: `tollgate.billing.leases`) is a usage charge,
+and no hold row has its id.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from tollgate.store import holds_sqlite
 from tollgate.store import limits as limits_repo
 from tollgate.store.engine import Store
 from tollgate.store.holds import Hold, Settlement
+from tollgate.store.leases_sqlite import LEASE_REFERENCE
 from tollgate.store.ledger import AccountMissing
 from tollgate.store.snapshot import AccountSnapshot, EntryRow, account_snapshot
 
@@ -122,6 +125,8 @@ class Ledger:
         # SQLite's data plane: Unified Billing holds without limits are admitted against a
         # credit lease in memory and settled in batches (tollgate.billing.leases).
         self.leases = leases
+        if leases is not None:
+            leases.clock = clock  # its settlement batches are stamped with the ledger's time
         # SQLite: the group-committing hot writer; PostgreSQL: one SQLAlchemy transaction each.
         sqlite = store.dialect == "sqlite"
         self._create_hold = holds_sqlite.create_hold if sqlite else holds_repo.create_hold
@@ -155,34 +160,44 @@ class Ledger:
         recovery = amount_nanos if recovery_charge_nanos is None else recovery_charge_nanos
         if _nanos(recovery, "recovery_charge_nanos") > amount_nanos:
             raise ValueError("recovery_charge_nanos cannot exceed the held amount")
-        if len({spec.key for spec in limits}) != len(limits):
+        if limits and len({spec.key for spec in limits}) != len(limits):
             raise ValueError("two limits share a key")
-        if not all(belongs_to(spec.key, account_id) for spec in limits):
+        if limits and not all(belongs_to(spec.key, account_id) for spec in limits):
             raise ValueError("a limit key of another account")  # see store.holds: serialisation
         now = self.clock()
-        spans = [windows.span(spec.window, now) for spec in limits]
-        checks = [
-            limits_repo.LimitCheck(
-                spec.key, spec.limit_nanos, span.bucket_start, span.count_from, span.count_until
-            )
-            for spec, span in zip(limits, spans, strict=True)
-        ]
-        new = holds_repo.NewHold(
-            account_id=account_id,
-            request_id=request_id,
-            amount_nanos=amount_nanos,
-            recovery_charge_nanos=recovery,
-            uses_credits=uses_credits,
-            gateway_id=gateway_id,
-            model=model,
-            created_at=now,
-            expires_at=now + (ttl or self.hold_ttl),
-            checks=tuple(checks),
-            forwarded=forwarded,
-        )
+        expires_at = now + (ttl or self.hold_ttl)
         try:
-            if self.leases is not None and uses_credits and not checks and forwarded:
-                return await self.leases.hold(new)
+            if self.leases is not None and uses_credits and not limits and forwarded:
+                return await self.leases.hold(
+                    account_id,
+                    request_id,
+                    amount_nanos,
+                    recovery,
+                    gateway_id=gateway_id,
+                    model=model,
+                    now=now,
+                    expires=expires_at,
+                )
+            spans = [windows.span(spec.window, now) for spec in limits]
+            checks = [
+                limits_repo.LimitCheck(
+                    spec.key, spec.limit_nanos, span.bucket_start, span.count_from, span.count_until
+                )
+                for spec, span in zip(limits, spans, strict=True)
+            ]
+            new = holds_repo.NewHold(
+                account_id=account_id,
+                request_id=request_id,
+                amount_nanos=amount_nanos,
+                recovery_charge_nanos=recovery,
+                uses_credits=uses_credits,
+                gateway_id=gateway_id,
+                model=model,
+                created_at=now,
+                expires_at=expires_at,
+                checks=tuple(checks),
+                forwarded=forwarded,
+            )
             try:
                 return await self._create_hold(self.store, new)
             except holds_repo.InsufficientFunds:
@@ -236,33 +251,33 @@ class Ledger:
     ) -> Settlement:
         """Charge `actual_nanos` (measured, or `estimated`) and release the rest of the hold."""
         _nanos(actual_nanos, "actual_nanos")
-        if self.leases is not None and self.leases.owns(hold):
-            return await self.leases.resolve(
-                hold, actual_nanos, estimated=estimated, note=note, resolved_at=self.clock()
-            )
-        return await self._resolve_hold(
-            self.store,
-            hold,
-            charge_nanos=actual_nanos,
-            estimated=estimated,
-            note=note,
-            resolved_at=self.clock(),
-        )
+        return await self._resolve(hold, actual_nanos, estimated, note)
 
     async def release(self, hold: Hold) -> Settlement:
         """Nothing was produced: no charge, no entry; the held amount and buckets restored."""
-        if self.leases is not None and self.leases.owns(hold):
-            return await self.leases.resolve(
-                hold, None, estimated=False, note="", resolved_at=self.clock()
+        return await self._resolve(hold, None, False, "")
+
+    async def _resolve(
+        self, hold: Hold, charge: int | None, estimated: bool, note: str
+    ) -> Settlement:
+        leases = self.leases
+        if leases is not None and leases.owns(hold):
+            return await leases.resolve(hold, charge, estimated=estimated, note=note)
+        try:
+            return await self._resolve_hold(
+                self.store,
+                hold,
+                charge_nanos=charge,
+                estimated=estimated,
+                note=note,
+                resolved_at=self.clock(),
             )
-        return await self._resolve_hold(
-            self.store,
-            hold,
-            charge_nanos=None,
-            estimated=False,
-            note="",
-            resolved_at=self.clock(),
-        )
+        except holds_repo.HoldMissing:
+            # A lease-admitted request charged its measured usage has no hold row: its first
+            # settlement is its `lease:` entry.
+            if leases is None or (first := await leases.settled_before(hold)) is None:
+                raise
+            return first
 
     async def recover(
         self, now: datetime | None = None, *, all_open: bool = False
@@ -393,11 +408,28 @@ def _ledger_problems(snapshot: AccountSnapshot, pruned_before: datetime | None) 
             problems.append(f"hold {hold.id}: charged {charged}, ledger entry {found}")
         elif not charged and found is not None:
             problems.append(f"hold {hold.id}: nothing charged but ledger entry {found}")
+    problems.extend(_lease_entry_problems(snapshot))
     problems.extend(
         f"ledger entry {e.id} names no hold of this account"
         for e in usage.values()
         if pruned_before is None or e.created_at >= pruned_before  # else its hold was pruned
     )
+    return problems
+
+
+def _lease_entry_problems(snapshot: AccountSnapshot) -> list[str]:
+    """A `lease:` entry is a usage charge, and its request has no hold row as well."""
+    problems = []
+    hold_ids = {hold.id for hold in snapshot.holds}
+    for entry in snapshot.entries:
+        reference = entry.reference or ""
+        if not reference.startswith(LEASE_REFERENCE):
+            continue
+        if entry.kind != "usage" or entry.amount_nanos >= 0:
+            problems.append(f"ledger entry {entry.id} of a leased request is not a usage charge")
+        hold_id = reference.removeprefix(LEASE_REFERENCE)
+        if hold_id in hold_ids:  # a leased request is one entry, or a hold row: never both
+            problems.append(f"ledger entry {entry.id}: hold {hold_id} also has a row")
     return problems
 
 

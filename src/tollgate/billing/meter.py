@@ -242,9 +242,13 @@ class Meter:
         `flat_nanos`: a custom total cost, on top of the token cost; `ceiling`: the output a
         request without a cap may produce (default: the model's maximum)."""
         out = (ceiling or price.max_output_tokens) if output is None else output
-        upper = flat_nanos + self.catalog.cost(
-            price.provider, price, dataclasses.replace(prompt, output_tokens=out)
+        with_output = Usage(
+            prompt.input_tokens,
+            out,
+            search_context=prompt.search_context,
+            pro_search=prompt.pro_search,
         )
+        upper = flat_nanos + self.catalog.cost(price.provider, price, with_output)
         recovery = flat_nanos + self.catalog.cost(price.provider, price, prompt)
         return await self.ledger.hold(
             account_id,
@@ -306,7 +310,9 @@ class Meter:
             usage = dataclasses.replace(usage, output_tokens=output)
         usage = _with_request_choices(admission, usage)
         price = admission.price
-        off_peak = price.is_off_peak(admission.hold.created_at, self.ledger.clock())
+        off_peak = price.off_peak is not None and price.is_off_peak(
+            admission.hold.created_at, self.ledger.clock()
+        )
         cost = self._cost(admission, price, usage, off_peak)
         custom = admission.custom_cost is not None
         settlement = await self.ledger.settle(

@@ -81,6 +81,11 @@ def stamp(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def stamp_us(micros: int) -> str:
+    """`stamp` of a moment given in microseconds since the Unix epoch."""
+    return stamp(datetime.fromtimestamp(micros / 1_000_000, UTC))
+
+
 def _moment(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
 

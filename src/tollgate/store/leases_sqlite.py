@@ -5,15 +5,20 @@ transaction, so `BEGIN IMMEDIATE` has already serialised it against every other 
 
 - `acquire`: reserve more of an account's available credit (`balance - held - leased`) for the
   calling process's lease;
-- `settle_batch`: write a batch of lease-admitted requests once they are over: each hold row
-  (already settled or released) and each charge's ledger entry, and take the charges out of the
-  balance and of the lease (one `UPDATE` per account, whatever the batch size);
+- `settle_batch`: write a batch of lease-admitted requests once they are over, and take the
+  charges out of the balance and of the lease (one `UPDATE` per account, whatever the batch
+  size). A request charged its measured usage (nearly all of them) is one `usage` ledger entry,
+  reference `lease:{hold id}` (unique per account, like every reference): its hold lived in
+  memory and in the journal, and one row per request instead of two halves the writes of the
+  billing hot path. Any other outcome (released, or charged an estimate) also gets its hold
+  row, resolved, and then a charge's entry is `hold:{hold id}`, exactly as on the hold path;
 - `release`: give a lease's remaining credit back;
 - `recover_owner`: resolve a dead process's journal: every admitted hold that never reached the
   database is settled at its recovery charge (flagged estimated), then its leases are released.
 
-The rows are in the formats `tollgate.store.holds_sqlite` writes, so everything else (the
-invariant checks, the APIs, maintenance) reads them as any other hold and entry.
+The rows are in the formats `tollgate.store.holds_sqlite` writes, so everything else (the APIs,
+maintenance) reads them as any other entry and hold; the invariant checks know the `lease:`
+reference (`tollgate.billing.ledger.check_invariants`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tollgate.store._util import ordered_id
-from tollgate.store.holds import NOTE_MAX, InsufficientFunds
+from tollgate.store.holds import NOTE_MAX, Hold, InsufficientFunds, Settlement
+from tollgate.store.holds_sqlite import stamp_us
 from tollgate.store.journal import Admitted
 from tollgate.store.ledger import AccountMissing
 
@@ -55,17 +61,22 @@ _INSERT_ENTRY = (
 )
 _OWNER_LEASES = "SELECT id, account_id, amount_nanos FROM credit_leases WHERE owner = ?"
 _KNOWN_HOLDS = "SELECT id FROM holds WHERE id IN ({})"
+_KNOWN_ENTRIES = "SELECT reference FROM ledger_entries WHERE account_id = ? AND reference IN ({})"
+_LEASE_ENTRY = (
+    "SELECT id, amount_nanos, balance_after_nanos FROM ledger_entries "
+    "WHERE account_id = ? AND reference = ?"
+)
+LEASE_REFERENCE = "lease:"  # + the hold id: the reference of a lease-admitted request's entry
 
 
 @dataclass(slots=True)
 class Resolved:
-    """One lease-admitted request, over: what its hold row and ledger entry say."""
+    """One lease-admitted request, over: what its ledger entry (or released hold row) says."""
 
     admitted: Admitted
     charge_nanos: int  # 0: released (nothing produced, or nothing to charge)
     estimated: bool
     note: str
-    resolved_at: str  # stored form
     # Filled in by `settle_batch`:
     balance_after_nanos: int | None = None
     ledger_entry_id: str | None = None
@@ -105,8 +116,9 @@ def settle_batch(
     cut: int,
     now: str,
 ) -> None:
-    """Write one account's resolved requests; `cut` (at most the lease) comes out of the lease.
-    Fills each item's `balance_after_nanos` and `ledger_entry_id`."""
+    """Write one account's resolved requests, resolved at `now` (stored form); `cut` (at most
+    the lease) comes out of the lease. Fills each item's `balance_after_nanos` and
+    `ledger_entry_id`."""
     total = sum(item.charge_nanos for item in batch)
     row = conn.execute(_CHARGE, (total, cut, now, account_id)).fetchone()
     if row is None:
@@ -116,27 +128,23 @@ def settle_batch(
     running = int(row[0]) + total  # the balance before this batch; each entry after its own
     holds, entries = [], []
     for item in batch:
-        running -= item.charge_nanos
+        a, charge = item.admitted, item.charge_nanos
+        running -= charge
         item.balance_after_nanos = running
-        a = item.admitted
-        if item.charge_nanos:
+        if charge:
             item.ledger_entry_id = ordered_id()
+            note = item.note if len(item.note) <= NOTE_MAX else item.note[:NOTE_MAX]
+            prefix = "hold:" if item.estimated else LEASE_REFERENCE
             entries.append(
-                (
-                    item.ledger_entry_id,
-                    account_id,
-                    -item.charge_nanos,
-                    running,
-                    item.note[:NOTE_MAX],
-                    f"hold:{a.hold_id}",
-                    item.resolved_at,
-                    a.model,
-                )
+                (item.ledger_entry_id, account_id, -charge, running, note, prefix + a.hold_id)
+                + (now, a.model)
             )
-        holds.append(_hold_row(item))
-    conn.executemany(_INSERT_HOLD, holds)
+        if item.estimated or not charge:
+            holds.append(_hold_row(item, now))
     if entries:
         conn.executemany(_INSERT_ENTRY, entries)
+    if holds:
+        conn.executemany(_INSERT_HOLD, holds)
 
 
 class RowRefused(Exception):
@@ -154,8 +162,10 @@ def settle_groups(
         raise RowRefused(str(exc)) from None
 
 
-def _hold_row(item: Resolved) -> tuple[object, ...]:
+def _hold_row(item: Resolved, now: str) -> tuple[object, ...]:
+    """The resolved hold row of a request released or charged an estimate."""
     a = item.admitted
+    created = stamp_us(a.created_us)
     return (
         a.hold_id,
         a.account_id,
@@ -165,10 +175,10 @@ def _hold_row(item: Resolved) -> tuple[object, ...]:
         a.amount_nanos,
         a.recovery_charge_nanos,
         "settled" if item.charge_nanos else "released",
-        a.created_at,
-        a.expires_at,
-        a.created_at,  # forwarded at once (the journal line was written before the call)
-        item.resolved_at,
+        created,
+        now,  # expires_at: never read for a resolved hold
+        created,  # forwarded at once (the journal line was written before the call)
+        now,
         item.charge_nanos,
         int(item.estimated),
         item.balance_after_nanos,
@@ -190,17 +200,13 @@ def recover_owner(
     conn: sqlite3.Connection, owner: str, admitted: Sequence[Admitted], note: str, now: str
 ) -> tuple[int, int]:
     """Resolve a dead owner's journal; returns (requests settled, nanos charged)."""
-    known: set[str] = set()
-    ids = [a.hold_id for a in admitted]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        sql = _KNOWN_HOLDS.format(",".join("?" * len(chunk)))
-        known.update(str(r[0]) for r in conn.execute(sql, chunk))
+    known = _resolved(conn, admitted)
     lost: dict[str, list[Resolved]] = defaultdict(list)
     for a in admitted:
         if a.hold_id not in known:
             known.add(a.hold_id)  # a line written twice is charged once
-            lost[a.account_id].append(Resolved(a, a.recovery_charge_nanos, True, note, now))
+            charge = a.recovery_charge_nanos
+            lost[a.account_id].append(Resolved(a, charge, charge > 0, note))
     leases = {str(r[1]): (str(r[0]), int(r[2])) for r in conn.execute(_OWNER_LEASES, (owner,))}
     settled = charged = 0
     for account_id in sorted(set(lost) | set(leases)):
@@ -213,6 +219,48 @@ def recover_owner(
         if account_id in leases:
             release(conn, lease_id, account_id, amount)
     return settled, charged
+
+
+def _resolved(conn: sqlite3.Connection, admitted: Sequence[Admitted]) -> set[str]:
+    """The hold ids among `admitted` that are over: a `lease:` entry or a hold row names them."""
+    known: set[str] = set()
+    ids = [a.hold_id for a in admitted]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        sql = _KNOWN_HOLDS.format(",".join("?" * len(chunk)))
+        known.update(str(r[0]) for r in conn.execute(sql, chunk))
+    by_account: dict[str, list[str]] = defaultdict(list)
+    for a in admitted:
+        by_account[a.account_id].append(LEASE_REFERENCE + a.hold_id)
+    for account_id, references in by_account.items():
+        for start in range(0, len(references), 500):
+            chunk = references[start : start + 500]
+            sql = _KNOWN_ENTRIES.format(",".join("?" * len(chunk)))
+            rows = conn.execute(sql, (account_id, *chunk))
+            known.update(str(r[0]).removeprefix(LEASE_REFERENCE) for r in rows)
+    return known
+
+
+def lease_settlement(conn: sqlite3.Connection, hold: Hold) -> Settlement | None:
+    """How a lease-admitted request charged its measured usage was settled (its `lease:` entry),
+    as a replay; None when there is no such entry."""
+    row = conn.execute(_LEASE_ENTRY, (hold.account_id, LEASE_REFERENCE + hold.id)).fetchone()
+    if row is None:
+        return None
+    entry_id, amount, balance = row
+    charge = -int(amount)
+    return Settlement(
+        hold_id=hold.id,
+        account_id=hold.account_id,
+        state="settled",
+        charged_nanos=charge,
+        held_nanos=hold.amount_nanos,
+        overshoot_nanos=max(0, charge - hold.amount_nanos),
+        estimated=False,
+        balance_after_nanos=int(balance),
+        ledger_entry_id=str(entry_id),
+        replayed=True,
+    )
 
 
 def lease_owners(conn: sqlite3.Connection) -> list[str]:
