@@ -13,12 +13,18 @@ warm-up, and the report gives medians over rounds:
   client's own provider key in `Authorization` and the tollgate token in `cf-aig-authorization`,
   so nothing is billed.
 
+- litellm: LiteLLM's proxy (bench/litellm_arm.py), one worker, no database, on the gateway's
+  CPU, its model entries pointed at the same nginx locations (BENCH_LITELLM=0 leaves it out).
+
 "Added" latency is the median over rounds of the paired difference (gateway - direct) of that
 round's percentile. "Billing on vs off" compares the gateway arm with the byok arm, round by
 round (the issue's target: billing adds under 20% to the gateway's CPU per request).
+"tollgate against LiteLLM" compares the gateway and byok arms with the litellm arm. A last row
+(bench/paced.py) streams from a paced upstream and times the first chunk of every stream.
 
-Run it with `make bench` (bench/run.sh installs nginx and wrk first). Options are environment
-variables: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP, BENCH_CONCURRENCY, BENCH_STREAM_CONCURRENCY.
+Run it with `make bench` (bench/run.sh installs nginx, wrk and LiteLLM first). Options are
+environment variables: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP, BENCH_CONCURRENCY,
+BENCH_STREAM_CONCURRENCY, BENCH_LITELLM, BENCH_PACED_CONCURRENCY, BENCH_PACED_INTERVAL_MS.
 Exit status 1 when the gateway failed any request under load (the report says which and how).
 """
 
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import report
+import report_compare
 import upstream_mock
 
 BENCH = Path(__file__).resolve().parent
@@ -97,16 +104,25 @@ class Config:
     warmup: int
     concurrency: tuple[int, ...]
     stream_concurrency: int
+    litellm: bool  # the LiteLLM arm (bench/litellm_arm.py)
+    paced_concurrency: int  # connections of the paced first-chunk row; 0: no such row
+    paced_interval_ms: int  # between two events of the paced stream
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         levels = (env.get("BENCH_CONCURRENCY") or "1,16,64").split(",")
+        litellm = env.get("BENCH_LITELLM") or "1"
+        if litellm not in ("0", "1"):
+            raise SystemExit(f"BENCH_LITELLM must be 1 (with the LiteLLM arm) or 0 (got {litellm})")
         return cls(
             seconds=env_int(env, "BENCH_SECONDS", "8"),
             rounds=env_int(env, "BENCH_ROUNDS", "3"),
             warmup=env_int(env, "BENCH_WARMUP", "2"),
             concurrency=tuple(int(c) for c in levels),
             stream_concurrency=env_int(env, "BENCH_STREAM_CONCURRENCY", "16"),
+            litellm=litellm == "1",
+            paced_concurrency=env_int(env, "BENCH_PACED_CONCURRENCY", "4", low=0),
+            paced_interval_ms=env_int(env, "BENCH_PACED_INTERVAL_MS", "20"),
         )
 
 
@@ -440,9 +456,24 @@ def check_arm(arm: Arm, cell: Cell) -> dict[str, Any]:
     }
 
 
-def measure_cell(cell: Cell, arms: list[Arm], config: Config, meter: CpuMeter) -> dict[str, Any]:
+def measure_cell(
+    cell: Cell,
+    arms: list[Arm],
+    config: Config,
+    meter: CpuMeter,
+    litellm_meter: CpuMeter | None = None,
+) -> dict[str, Any]:
+    """Warm-up, then the rounds. `litellm_meter` (LiteLLM's pid as its "gateway") meters the
+    `litellm` arm, whose CPU per request is then LiteLLM's."""
+    import litellm_arm  # here: it builds on this module's helpers
+
+    def run_arm(arm: Arm, seconds: int) -> dict[str, Any]:
+        if arm.name == litellm_arm.ARM and litellm_meter is not None:
+            return litellm_arm.run_wrk(arm, cell, seconds, litellm_meter)
+        return run_wrk(arm, cell, seconds, meter)
+
     for arm in arms:  # warm-up, discarded
-        run_wrk(arm, cell, config.warmup, meter)
+        run_arm(arm, config.warmup)
     rounds = []
     for i in range(config.rounds):
         results = {}
@@ -450,7 +481,7 @@ def measure_cell(cell: Cell, arms: list[Arm], config: Config, meter: CpuMeter) -
         # background work (the WAL sync of its billing writes), so neither is always favoured.
         order = arms if i % 2 == 0 else [arms[0], *reversed(arms[1:])]
         for arm in order:
-            r = results[arm.name] = run_wrk(arm, cell, config.seconds, meter)
+            r = results[arm.name] = run_arm(arm, config.seconds)
             cpu = r.get("gateway_cpu_us_per_req")
             print(
                 f"  {cell.name:<16} round {i + 1}/{config.rounds} {arm.name:<7} "
@@ -490,6 +521,10 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary["gateway_cpu_pct"] = median("gateway", lambda r: r["cpu"]["gateway_pct"])
     if "byok" in rounds[0]:
         summary["billing"] = billing_summary(rounds)
+    if "litellm" in rounds[0]:
+        import litellm_arm  # here: it builds on this module's helpers
+
+        summary["litellm"] = litellm_arm.summarize(rounds)
     return summary
 
 
@@ -636,6 +671,11 @@ def arms_for(cell: Cell, nginx_port: int, gateway_port: int, creds: dict[str, st
 
 
 def run(config: Config, procs: Processes) -> dict[str, Any]:
+    import litellm_arm  # here, not at the top: both build on this module's helpers
+    import paced
+
+    if config.litellm:
+        litellm_arm.require_installed()  # before any waiting
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("this benchmark pins the gateway and the load to separate CPUs: needs 2")
     idle = wait_for_idle()
@@ -644,21 +684,46 @@ def run(config: Config, procs: Processes) -> dict[str, Any]:
         f"(per core {idle['per_core_busy_pct']})" + ("" if idle["idle"] else "  ** NOT IDLE **"),
         flush=True,
     )
-    nginx_port, gateway_port = free_port(), free_port()
+    nginx_port, gateway_port, pacer_port = free_port(), free_port(), free_port()
     nginx = start_nginx(procs, nginx_port)
+    pacer = None
+    if config.paced_concurrency:
+        pacer = paced.start_pacer(procs, pacer_port, config.paced_interval_ms)
     gateway, creds = start_gateway(procs, gateway_port, nginx_port)
     meter = CpuMeter(gateway=[gateway.pid], nginx=process_tree(nginx.pid))
-    plan = [(cell, arms_for(cell, nginx_port, gateway_port, creds)) for cell in cells_for(config)]
-    checks = {cell.name: {arm.name: check_arm(arm, cell) for arm in arms} for cell, arms in plan}
+    litellm = None
+    if config.litellm:
+        litellm = litellm_arm.start(procs, nginx_port, pacer_port, process_tree(nginx.pid))
+    extra = [litellm.arm()] if litellm else []
+    plan = [
+        (cell, [*arms_for(cell, nginx_port, gateway_port, creds), *extra])
+        for cell in cells_for(config)
+    ]
+    checks = {
+        cell.name: {a.name: litellm_arm.check_any(a, cell) for a in arms} for cell, arms in plan
+    }
     idle_rss = process_memory_kib(gateway.pid)["VmRSS"]
+    if litellm:
+        litellm.idle_rss_kib = process_memory_kib(litellm.proc.pid)["VmRSS"]
     started = time.monotonic()
-    cells = [measure_cell(cell, arms, config, meter) for cell, arms in plan]
+    cells = [
+        measure_cell(cell, arms, config, meter, litellm.meter if litellm else None)
+        for cell, arms in plan
+    ]
     elapsed = round(time.monotonic() - started)
     final = process_memory_kib(gateway.pid)
+    litellm_result = litellm.result() if litellm else None  # memory after the same rows
+    paced_result = None
+    if pacer is not None:
+        procs.stop(gateway)  # the paced row's gateway takes its port, CPU and data directory
+        paced_result = paced.run(config, procs, gateway_port, (pacer, pacer_port), litellm)
+        checks[paced_result["cell"]["name"]] = paced_result["checks"]
     verdicts = {c["cell"]["name"]: c["summary"]["billing"]["meets_target"] for c in cells}
     return {
         "config": asdict(config),
         "pinning": {"gateway": GATEWAY_CPU, "load": LOAD_CPU},
+        "litellm": litellm_result,
+        "paced": paced_result,
         "idle": idle,
         "checks": checks,
         "cells": cells,
@@ -691,12 +756,14 @@ def main() -> int:
     finally:
         procs.stop_all()
     result["env"] = env
-    markdown = report.render(result)
+    markdown = report.render(result, report_compare.sections(result))
     print("\n" + markdown)
     write_results(result, markdown, "dataplane")
     failed = sum(
         c["summary"]["failed_gateway"] + c["summary"]["failed_byok"] for c in result["cells"]
     )
+    if result["paced"]:
+        failed += sum(result["paced"]["summary"][arm]["failed"] for arm in ("gateway", "byok"))
     if failed:
         print(f"FAILED: the gateway failed {failed} requests under load; see 'Errors under load'")
         return 1
@@ -704,4 +771,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module `dataplane`, which bench/litellm_arm.py and bench/paced.py import, so that
+    # there is one copy of its classes and state rather than a second one in `__main__`.
+    import dataplane
+
+    sys.exit(dataplane.main())

@@ -125,13 +125,18 @@ def check_lines(checks: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     lines = []
     for row, arms in checks.items():
         for arm, c in arms.items():
-            billing = {"on": "billing on", "off": "billing off", "n/a": "no gateway"}.get(
-                c.get("billing", "n/a"), "?"
-            )
+            billing = {
+                "on": "billing on",
+                "off": "billing off",
+                "n/a": "no gateway",
+                "litellm": "LiteLLM, master key",
+            }.get(c.get("billing", "n/a"), "?")
             cost = f"billed ${c['cost_usd']}" if c["cost_usd"] else "not billed (no cf-aig-cost)"
+            # The LiteLLM arm re-encodes the answer: its check says what it compared instead.
+            verified = c.get("verified", f"the canned body unchanged; {cost}")
             lines.append(
                 f"- {row} / {arm} ({billing}): HTTP {c['status']}, {c['content_type']}, "
-                f"{c['bytes']} bytes, the canned body unchanged; {cost}"
+                f"{c['bytes']} bytes, {verified}"
             )
     return lines
 
@@ -209,6 +214,8 @@ def memory_line(mem: dict[str, Any], what: str = "Gateway memory") -> str:
 
 
 def every_run_lines(cells: list[dict[str, Any]]) -> list[str]:
+    litellm = any("litellm" in results for cell in cells for results in cell["rounds"])
+    serving = " (the `litellm` arm's: LiteLLM's)" if litellm else ""
     return [
         "## Errors under load",
         "",
@@ -217,14 +224,16 @@ def every_run_lines(cells: list[dict[str, Any]]) -> list[str]:
         "## Every run",
         "",
         "CPU0/CPU1 busy: whole-core busy time during the run. wrk, nginx, gateway, other: CPU "
-        "time of each during the run, in % of one core.",
+        f"time of each during the run, in % of one core; gateway = tollgate's{serving}.",
         "",
         *rounds_table(cells),
         "",
     ]
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: dict[str, Any], comparison: list[str] | None = None) -> str:
+    """The data-plane report; `comparison` (report_compare.sections) goes after "Billing on vs
+    off"."""
     env, cfg = report["env"], report["config"]
     arms = list(report["cells"][0]["rounds"][0]) if report["cells"] else ["direct", "gateway"]
     has_byok = "byok" in arms
@@ -247,6 +256,12 @@ def render(report: dict[str, Any]) -> str:
             "`Authorization: Bearer sk-bench`), not billed"
             if has_byok
             else ""
+        )
+        + (
+            "; **litellm** = LiteLLM's proxy, same request body and nginx location (see "
+            "'tollgate against LiteLLM')"
+            if "litellm" in arms
+            else ""
         ),
         "",
         "Latencies in ms. 'gateway CPU/req' = the gateway process's utime+stime ÷ the requests it "
@@ -258,6 +273,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         *billing_section(report["cells"]),
         *([""] if has_byok else []),
+        *(comparison or []),
         memory_line(report["memory"]),
         "",
         *contention_lines(report["cells"]),

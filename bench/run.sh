@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: install the tools (nginx, wrk), then run the benchmarks one after the other:
-# bench/dataplane.py (gateway against direct calls), bench/translation.py (Unified API against
-# native endpoints), bench/cache.py (cache hits against misses) and bench/logs.py (logs on
-# against off). BENCH_ONLY=<one of those names> runs one of them.
+# `make bench`: install the tools (nginx, wrk, LiteLLM), then run the benchmarks one after the
+# other: bench/dataplane.py (gateway against direct calls and LiteLLM), bench/translation.py
+# (Unified API against native endpoints), bench/cache.py (cache hits against misses) and
+# bench/logs.py (logs on against off). BENCH_ONLY=<one of those names> runs one of them.
 # Options are environment variables; see bench/README.md. Extra arguments go to each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,12 @@ case "${BENCH_ONLY:-}" in
         ;;
 esac
 
-bash bench/install.sh
+# LiteLLM (its own virtualenv, a minute to install the first time) is for bench/dataplane.py only.
+if [[ " ${benches[*]} " == *" dataplane "* ]]; then
+    bash bench/install.sh
+else
+    BENCH_LITELLM=0 bash bench/install.sh
+fi
 
 PYTHON="${PYTHON:-.venv/bin/python}"
 PIDS="bench/.work/pids"  # "<pid> <marker>" per process the runner starts
