@@ -21,6 +21,7 @@ from tollgate.custom_provider_config import (
     validate_slug,
 )
 from tollgate.errors import InvalidRequest
+from tollgate.netguard import AddressPolicy
 
 MINIMAL: dict[str, Any] = {"name": "My LLM", "slug": "my-llm", "base_url": "https://llm.example"}
 
@@ -115,6 +116,9 @@ def test_base_urls_refused_by_default_naming_the_field(url: object, message: str
     assert caught.value.param == "base_url" and caught.value.message.startswith("base_url ")
 
 
+LAN = AddressPolicy.from_settings(["127.0.0.0/8", "::1/128", "10.0.0.0/8"])
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -126,8 +130,35 @@ def test_base_urls_refused_by_default_naming_the_field(url: object, message: str
         "http://vllm.internal:8000/v1/",
     ],
 )
-def test_allow_http_accepts_http_and_private_hosts(url: str) -> None:
-    assert validate_base_url(url, allow_http=True) == url
+def test_allow_http_with_allowed_networks_accepts_http_and_those_hosts(url: str) -> None:
+    assert validate_base_url(url, allow_http=True, policy=LAN) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "http://localhost:11434",
+        "http://[::1]:8000",
+        "http://10.0.0.5/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:127.0.0.1]/v1",
+        "http://0.0.0.0:8000",
+        "http://224.0.0.1",
+        "http://[fd00::1]",
+    ],
+)
+def test_allow_http_alone_does_not_open_private_addresses(url: str) -> None:
+    with pytest.raises(InvalidRequest, match="allowed_private_networks"):
+        validate_base_url(url, allow_http=True)
+
+
+def test_allowed_networks_open_only_themselves() -> None:
+    with pytest.raises(InvalidRequest, match="must point at a public host; '169.254.169.254'"):
+        validate_base_url("http://169.254.169.254", allow_http=True, policy=LAN)
+    with pytest.raises(InvalidRequest, match="must point at a public host; '192.168.1.2'"):
+        validate_base_url("https://192.168.1.2", allow_http=False, policy=LAN)
+    assert validate_base_url("https://10.9.8.7/v1", allow_http=False, policy=LAN)
 
 
 @pytest.mark.parametrize(
@@ -322,9 +353,12 @@ def test_a_body_must_be_an_object(body: object) -> None:
         parse_custom_provider_update(body, "a" * 32, allow_http=False)
 
 
-def test_create_accepts_http_when_allowed() -> None:
+def test_create_accepts_http_and_allowed_networks_when_allowed() -> None:
     body = {**MINIMAL, "base_url": "http://127.0.0.1:8000/v1"}
-    assert parse_custom_provider_create(body, allow_http=True)["base_url"] == body["base_url"]
+    created = parse_custom_provider_create(body, allow_http=True, policy=LAN)
+    assert created["base_url"] == body["base_url"]
+    with pytest.raises(InvalidRequest, match="allowed_private_networks"):
+        parse_custom_provider_create(body, allow_http=True)
 
 
 PROVIDER_ID = "0123456789abcdef0123456789abcdef"

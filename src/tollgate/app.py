@@ -11,10 +11,14 @@ maintenance task, and in sandbox mode the in-process simulator. It closes them a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import logging
+import math
+import os
+import time
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +39,8 @@ from tollgate.billing.maintenance import Maintenance
 from tollgate.credentials import managed_targets
 from tollgate.dashboard import Dashboard
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from tollgate.features.otel import SpanExporter
+from tollgate.log_output import uvicorn_loggers_kept
 from tollgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tollgate.metrics import authorize_scrape
 from tollgate.providers.registry import PROVIDERS
@@ -42,8 +48,10 @@ from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
 from tollgate.services import Services, UpstreamTarget
 from tollgate.settings import SANDBOX_KEY, Settings
 from tollgate.store import Store
-from tollgate.store.migrate import migrate
+from tollgate.store.migrate import current_revision, migrate
 from tollgate.upstream import Upstream
+
+log = logging.getLogger(__name__)
 
 
 def _render_control_error(request: Request, error: GatewayError) -> Response:
@@ -97,9 +105,17 @@ def _control_app(services: Services) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    readiness = DatabaseReadiness(services.store)
+
     @control.get("/readyz", include_in_schema=False)
-    async def readyz() -> dict[str, Any]:
-        return {"status": "ready", "sandbox": services.settings.sandbox_mode}
+    async def readyz() -> Response:
+        problem = await readiness.problem()
+        sandbox = services.settings.sandbox_mode
+        if problem is not None:
+            body = {"status": "unavailable", "database": problem, "sandbox": sandbox}
+            return Response(dumps(body), status_code=503, media_type="application/json")
+        body = {"status": "ready", "database": "ok", "sandbox": sandbox}
+        return Response(dumps(body), media_type="application/json")
 
     # Prometheus (metrics.py): loopback clients and the admin token, unless [metrics] public.
     @control.get("/metrics", include_in_schema=False)
@@ -114,6 +130,60 @@ def _control_app(services: Services) -> FastAPI:
         return Response(page, media_type=METRICS_CONTENT_TYPE)
 
     return control
+
+
+class DatabaseReadiness:
+    """`/readyz`'s check: one small read through the store, within `READY_TIMEOUT_SECONDS`.
+
+    A load balancer stops sending requests to a process whose database is gone, and sends them
+    again once it answers: nothing is cached, each probe reads. Probes that arrive while one is
+    running share its answer, so a slow database is never hit by a pile of them. The answer
+    names the failure's kind, not its text (which can name hosts and users): the process log
+    has the details, at most once every `_LOG_EVERY_SECONDS`.
+    """
+
+    READY_TIMEOUT_SECONDS = 2.0
+    _LOG_EVERY_SECONDS = 10.0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._running: asyncio.Future[str | None] | None = None
+        self._logged_at = -math.inf
+
+    async def problem(self) -> str | None:
+        """None when the database answers; else what is wrong, in a sentence."""
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._probe())
+            self._running.add_done_callback(self._finished)
+        return await asyncio.shield(self._running)
+
+    def _finished(self, _done: asyncio.Future[str | None]) -> None:
+        self._running = None
+
+    async def _probe(self) -> str | None:
+        path = self.store.sqlite_path
+        if path and not os.path.isfile(path):
+            # The open connections still write to the deleted file: lost at the next restart.
+            return self._report(f"the SQLite database file {path} is missing", None)
+        try:
+            async with asyncio.timeout(self.READY_TIMEOUT_SECONDS):
+                revision = await current_revision(self.store)
+        except TimeoutError:
+            return self._report(
+                f"the database did not answer within {self.READY_TIMEOUT_SECONDS:g} s", None
+            )
+        except Exception as exc:  # the driver's: refused, reset, no such database, ...
+            return self._report(f"the database is unreachable ({type(exc).__name__})", exc)
+        if revision is None:
+            return self._report("the database has no tollgate schema (run tollgate migrate)", None)
+        return None
+
+    def _report(self, problem: str, exc: Exception | None) -> str:
+        if time.monotonic() - self._logged_at >= self._LOG_EVERY_SECONDS:
+            self._logged_at = time.monotonic()
+            detail = f": {exc}" if exc is not None else ""
+            log.warning("not ready: %s%s", problem, detail)
+        return problem
 
 
 def _is_rest_inference(path: str) -> bool:
@@ -166,10 +236,16 @@ class TollgateApp:
         # requests are flushed before the store closes (features/logs.py).
         services.logs.start()
         stack.push_async_callback(services.logs.aclose)
+        # Gateways' OpenTelemetry spans, sent in batches by a task of their own (features/otel.py).
+        spans = SpanExporter(services.settings.otel, services.settings.upstream)
+        await spans.start()
+        services.logs.spans = spans
+        stack.push_async_callback(spans.aclose)
         if services.settings.sandbox_mode:
             from tollgate.sim import SimServer
 
-            sim = await stack.enter_async_context(SimServer(host="127.0.0.1", port=0))
+            with uvicorn_loggers_kept():  # the simulator's uvicorn must not redo our logging
+                sim = await stack.enter_async_context(SimServer(host="127.0.0.1", port=0))
             services.sandbox_base_url = sim.base_url
             services.providers = {
                 slug: UpstreamTarget(slug, sim.base_url + row.sim_path, SANDBOX_KEY)

@@ -8,6 +8,7 @@ in `cli_*.py` modules and are registered here. Exit codes and error output are d
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -32,6 +33,7 @@ from tollgate.cli_limits import limits_app
 from tollgate.cli_logs import logs_app
 from tollgate.cli_models import models
 from tollgate.cli_operator import accounts_app, credits_app, tokens_app
+from tollgate.log_output import log_config
 from tollgate.sandbox import CREDENTIALS_FILE, SandboxCredentials
 from tollgate.services import Services
 from tollgate.settings import Settings
@@ -136,6 +138,7 @@ def sandbox_banner(url: str, creds: SandboxCredentials) -> str:
 def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
     """Run the gateway (uvicorn with uvloop and httptools, one worker)."""
     from tollgate.app import create_app
+    from tollgate.http_protocol import http_options
 
     settings = settings_with(config, TOLLGATE_SERVER__HOST=host, TOLLGATE_SERVER__PORT=port)
     application = create_app(settings)
@@ -144,11 +147,16 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with deadlines and caps against slow or oversized requests, and the
+        # keep-alive timeout (http_protocol.py)
+        **http_options(settings.server),
         lifespan="on",
         workers=1,
         log_level=settings.log_level,
+        # text or one JSON object per line, each tagged with its request's id (log_output.py)
+        log_config=log_config(settings.log_level, settings.log_format),
     )
+    logging.captureWarnings(True)  # Python's warnings go through the log, in its format
     try:
         _run_server(application, server_config, settings)
     except SystemExit as exc:  # uvicorn exits 3 when it cannot bind; ours is 1 for any failure

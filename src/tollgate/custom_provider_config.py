@@ -1,6 +1,7 @@
 """The custom provider object: Cloudflare's fields, their defaults and their validation.
 
-Pure: no I/O, no settings (the caller passes `allow_http`, from `[custom_providers] allow_http`).
+Pure: no I/O, no settings (the caller passes `allow_http`, from `[custom_providers] allow_http`,
+and the address policy, from `[upstream] allowed_private_networks`).
 The management API parses bodies with `parse_custom_provider_create` / `_update` and list queries
 with `parse_list_query`; the data plane's cache turns the stored `headers` into pairs with
 `header_pairs`. The fields are those of the official SDK's `custom_provider_create_params`:
@@ -15,12 +16,13 @@ Decisions, where Cloudflare's documents leave a choice:
 - `base_url` is an absolute `https://` URL of at most 2048 ASCII characters (`http://` too when
   the operator allows it). It must name a host, and must not carry a user name or password (put
   credentials in `headers`), a query string (the request's own query is appended to
-  `{base_url}/{path}`) or a fragment. Unless http is allowed, a host that is `localhost` or an IP
+  `{base_url}/{path}`) or a fragment. IPv4 addresses must be written as four decimal numbers
+  (`127.1` or `0x7f000001` would otherwise slip through). A host that is `localhost` or an IP
   address outside the public internet (loopback, private, link-local such as the cloud metadata
-  address 169.254.169.254, ...) is refused, and IPv4 addresses must be written as four decimal
-  numbers (`127.1` or `0x7f000001` would otherwise slip through). `allow_http` exists for
-  inference servers on a private network, so it lifts this check too. A hostname that *resolves*
-  to a private address is not caught here; that needs a check at connect time.
+  address 169.254.169.254, ...: `tollgate.netguard`) is refused unless the operator allows its
+  network (`[upstream] allowed_private_networks`); `allow_http` is about the scheme only. A host
+  *name* that resolves to such an address is refused by the management API (one DNS lookup) and,
+  whatever it resolves to later, when the data plane connects (`tollgate.upstream`).
   The URL is stored and echoed as sent; the data plane drops trailing slashes before appending.
 - `headers` is null, `""`, or a JSON object (as a string) of at most 32 header names to string
   values. `""` and `"{}"` mean no headers and are stored as null. Names are HTTP tokens, unique
@@ -59,6 +61,7 @@ import orjson
 from tollgate.api.auth import bearer_value, looks_like_token
 from tollgate.errors import InvalidRequest
 from tollgate.gateway_config import Validator, boolean, integer, invalid, text
+from tollgate.netguard import ALLOW_SETTING, PUBLIC_ONLY, AddressPolicy, literal_address_refused
 from tollgate.upstream import HOP_BY_HOP
 
 SLUG_MAX_LENGTH = 64
@@ -107,7 +110,13 @@ def validate_slug(value: object, field: str = "slug") -> str:
     return value
 
 
-def validate_base_url(value: object, *, allow_http: bool, field: str = "base_url") -> str:
+def validate_base_url(
+    value: object,
+    *,
+    allow_http: bool,
+    policy: AddressPolicy = PUBLIC_ONLY,
+    field: str = "base_url",
+) -> str:
     """The upstream's base URL; see the module docstring for what is refused and why."""
     expected = "an https:// URL" if not allow_http else "an https:// or http:// URL"
     if not isinstance(value, str) or not 0 < len(value) <= URL_MAX_LENGTH:
@@ -148,11 +157,11 @@ def validate_base_url(value: object, *, allow_http: bool, field: str = "base_url
         )
     if not parts.hostname or port == 0:
         raise invalid(field, f"{expected} with a host (and a port from 1 to 65535, if any)", value)
-    _check_host(parts.hostname, parts.netloc, value, field, allow_private=allow_http)
+    _check_host(parts.hostname, parts.netloc, value, field, policy)
     return value
 
 
-def _check_host(host: str, netloc: str, value: str, field: str, *, allow_private: bool) -> None:
+def _check_host(host: str, netloc: str, value: str, field: str, policy: AddressPolicy) -> None:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     if netloc.rsplit("@", 1)[-1].startswith("["):
         try:
@@ -168,15 +177,17 @@ def _check_host(host: str, netloc: str, value: str, field: str, *, allow_private
             raise invalid(
                 field, "a URL whose IPv4 host is written as four decimal numbers", value
             ) from None
-    if allow_private:
-        return
-    name = host.rstrip(".")
-    if name == "localhost" or name.endswith(".localhost") or (address and not address.is_global):
-        raise _refused(
-            field,
-            f"must point at a public host; '{host}' is local or private. The operator may allow "
-            "private inference servers with [custom_providers] allow_http = true",
-        )
+    if literal_address_refused(str(address) if address else host, policy):
+        raise private_host_refused(field, host)
+
+
+def private_host_refused(field: str, host: str, *, resolved: bool = False) -> InvalidRequest:
+    what = "resolves to a local or private address" if resolved else "is local or private"
+    return _refused(
+        field,
+        f"must point at a public host; '{host}' {what}. The operator may allow an inference "
+        f"server's network with {ALLOW_SETTING}",
+    )
 
 
 def _looks_numeric(host: str) -> bool:
@@ -287,9 +298,9 @@ def header_pairs(headers: str | None) -> tuple[tuple[str, str], ...]:
 # --- whole bodies ---------------------------------------------------------------------------
 
 
-def _validators(allow_http: bool) -> dict[str, Validator]:
+def _validators(allow_http: bool, policy: AddressPolicy = PUBLIC_ONLY) -> dict[str, Validator]:
     def base_url(value: object, field: str) -> str:
-        return validate_base_url(value, allow_http=allow_http, field=field)
+        return validate_base_url(value, allow_http=allow_http, policy=policy, field=field)
 
     return {
         "name": text(NAME_MAX_LENGTH),
@@ -323,7 +334,9 @@ def default_custom_provider_fields() -> dict[str, Any]:
     }
 
 
-def parse_custom_provider_create(body: object, *, allow_http: bool) -> dict[str, Any]:
+def parse_custom_provider_create(
+    body: object, *, allow_http: bool, policy: AddressPolicy = PUBLIC_ONLY
+) -> dict[str, Any]:
     """Validate a create body; returns every stored field (the defaults filled in)."""
     fields = _body(body)
     if "id" in fields:
@@ -342,14 +355,14 @@ def parse_custom_provider_create(body: object, *, allow_http: bool) -> dict[str,
             param=missing[0],
         )
     values: dict[str, Any] = {**default_custom_provider_fields()}
-    for name, validate in _validators(allow_http).items():
+    for name, validate in _validators(allow_http, policy).items():
         if name in fields:
             values[name] = validate(fields[name], name)
     return values
 
 
 def parse_custom_provider_update(
-    body: object, provider_id: str, *, allow_http: bool
+    body: object, provider_id: str, *, allow_http: bool, policy: AddressPolicy = PUBLIC_ONLY
 ) -> dict[str, Any]:
     """Validate a PATCH body; returns only the fields to change."""
     fields = _body(body)
@@ -363,7 +376,7 @@ def parse_custom_provider_update(
     _refuse_unknown(fields)
     return {
         name: validate(fields[name], name)
-        for name, validate in _validators(allow_http).items()
+        for name, validate in _validators(allow_http, policy).items()
         if name in fields
     }
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from tollgate.netguard import parse_networks
 from tollgate.providers.registry import PROVIDERS
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -41,6 +42,21 @@ class ServerSettings(BaseModel):
     port: int = Field(8787, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     public_url: str | None = None  # what the gateway calls itself in printed URLs
+    # Request limits (api/dataplane.py, request_limits.py): each refused with a 4xx in the
+    # format of the endpoint called, before anything is stored or sent. The server itself
+    # (http_protocol.py) closes connections far past the header limits, and slow ones.
+    max_header_count: int = Field(100, ge=10, le=10_000)
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    # 64 levels is far more than any provider's request needs; orjson cannot write past ~250.
+    max_json_depth: int = Field(64, ge=8, le=200)
+    max_messages: int = Field(10_000, ge=1)
+    # Slow clients: a request's headers must arrive within header_timeout_seconds (from the
+    # connection's start or the request's first byte), its body within body_timeout_seconds.
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # An idle kept-alive connection is closed after this; behind a load balancer, set it above
+    # the balancer's own idle timeout.
+    keep_alive_timeout_seconds: float = Field(5.0, gt=0, le=3600)
 
 
 class DatabaseSettings(BaseModel):
@@ -156,12 +172,29 @@ class UpstreamSettings(BaseModel):
     # resolve to loopback or private addresses, or use plain http, unless this is true.
     allow_private_image_urls: bool = False
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # Account-chosen destinations (custom providers' base URLs, image URLs) may reach public
+    # addresses only, plus these networks (CIDR): for inference servers on the operator's LAN.
+    # Operator-configured providers are never checked (netguard.py).
+    allowed_private_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_private_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: "10.0.0.0/8,fd00::/8" or JSON
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+            value = [item for item in value if not isinstance(item, str) or item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            parse_networks(value)  # ValueError names the bad one
+            return [item.strip() for item in value]
+        return value
 
 
 class CustomProviderSettings(BaseModel):
     model_config = _FROZEN
     # Account-defined `custom-{slug}` providers must use https unless the operator allows http
-    # (for example for inference servers on a private network).
+    # (for example for inference servers on a private network; which private addresses they
+    # may reach is [upstream] allowed_private_networks).
     allow_http: bool = False
 
 
@@ -219,6 +252,18 @@ class MetricsSettings(BaseModel):
     public: bool = False
 
 
+class OtelSettings(BaseModel):
+    model_config = _FROZEN
+    # Gateways with `otel` exporters send spans (features/otel.py) to collectors their account
+    # chose: public addresses, plus [upstream] allowed_private_networks. Spans wait at most
+    # flush_interval_ms before a batch is sent; at most max_pending wait (the oldest are dropped
+    # and counted beyond that); an export that takes longer than timeout_seconds is abandoned,
+    # and its collector skipped for a while.
+    flush_interval_ms: int = Field(1000, ge=10, le=60_000)
+    max_pending: int = Field(10_000, ge=1)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
 class Settings(BaseModel):
     model_config = _FROZEN
     server: ServerSettings = ServerSettings()
@@ -232,9 +277,13 @@ class Settings(BaseModel):
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     metrics: MetricsSettings = MetricsSettings()
+    otel: OtelSettings = OtelSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The process's own log (tollgate/log_output.py): `text` for people, `json` for one JSON
+    # object per line on stderr (with the request id of the request that logged it).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -40,6 +40,33 @@ MEANINGS: dict[str, str] = {
     "server.port": "port to listen on",
     "server.max_body_bytes": "larger request bodies get 413 before they are read",
     "server.public_url": "base URL the gateway prints and returns in `url/{provider}`",
+    "server.max_header_count": (
+        "requests with more headers get 431 in the endpoint's error format; past twice this, "
+        "the server closes the connection before the application runs"
+    ),
+    "server.max_header_bytes": (
+        "requests whose header names and values add up to more get 431 in the endpoint's "
+        "error format; past twice this, the server closes the connection"
+    ),
+    "server.max_json_depth": (
+        "JSON request bodies nested deeper (the top-level object is level 1) get 400 "
+        "`json_too_deep`"
+    ),
+    "server.max_messages": (
+        "chat requests with more `messages` (or Gemini `contents`) get 400 `too_many_messages`"
+    ),
+    "server.header_timeout_seconds": (
+        "a request's headers must arrive within this, from the connection's start or the "
+        "request's first byte; otherwise the connection is closed (408 if part arrived)"
+    ),
+    "server.body_timeout_seconds": (
+        "a request's whole body must arrive within this (slowly trickling clients get 408 "
+        "and the connection is closed)"
+    ),
+    "server.keep_alive_timeout_seconds": (
+        "idle kept-alive connections are closed after this; behind a load balancer, set it "
+        "above the balancer's idle timeout"
+    ),
     "database.url": "`sqlite:///path` or `postgresql://user@host/db`",
     "database.wal_sync_interval_seconds": (
         "SQLite: how often the WAL of the ledger's holds and settlements is synced to disk. "
@@ -140,8 +167,17 @@ MEANINGS: dict[str, str] = {
     "upstream.max_image_bytes": (
         "largest image the Unified API downloads for a provider that needs the bytes (Gemini)"
     ),
+    "upstream.allowed_private_networks": (
+        'networks (CIDR, e.g. `["10.0.0.0/8"]`; in the environment comma-separated) that '
+        "account-chosen upstreams may reach besides public addresses: custom providers' base "
+        "URLs and image URLs. Loopback, private, link-local (cloud metadata), unique-local, "
+        "unspecified and multicast addresses are refused otherwise, also when a host name "
+        "resolves to one. Operator-configured providers are never checked (see "
+        "[operations.md](operations.md#request-limits-and-ssrf))"
+    ),
     "custom_providers.allow_http": (
-        "let accounts register `custom-{slug}` providers with `http://` base URLs"
+        "let accounts register `custom-{slug}` providers with `http://` base URLs (which "
+        "private addresses they may reach is `upstream.allowed_private_networks`)"
     ),
     "redis.url": (
         "`redis://host:6379/0` (or `rediss://`, `unix://`): the response cache and rate limits "
@@ -158,12 +194,27 @@ MEANINGS: dict[str, str] = {
         "that did not come through a proxy, or with the operator's admin token (see "
         "[operations.md](operations.md#metrics))"
     ),
+    "otel.flush_interval_ms": (
+        "gateways' OpenTelemetry spans wait at most this long before they are sent in a batch "
+        "(see [operations.md](operations.md#logs-and-tracing))"
+    ),
+    "otel.max_pending": (
+        "spans waiting to be sent, at most; beyond it the oldest are dropped (and counted)"
+    ),
+    "otel.timeout_seconds": (
+        "an export that takes longer is abandoned and its collector skipped for 30 s"
+    ),
     "sandbox.enabled": (
         "`true`/`false`; automatic = sandbox exactly when no provider has an `api_key`"
     ),
     "sandbox.demo_credits_cents": "sandbox credits granted to the demo account at first start",
     "data_dir": "where the SQLite database (by default) and sandbox credentials live",
     "log_level": "how much the gateway writes to its own log",
+    "log_format": (
+        "`text` for people; `json`: one JSON object per line on stderr (`ts`, `level`, "
+        "`logger`, `message`, `request_id` inside a request, ...; see "
+        "[operations.md](operations.md#logs-and-tracing))"
+    ),
     "providers.<slug>.base_url": "where requests for that provider go",
     "providers.<slug>.api_key": "the operator's **managed key** for Unified Billing",
     "providers.<slug>.zdr_base_url": (

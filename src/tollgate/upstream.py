@@ -8,6 +8,11 @@ exported by `/metrics`): `upstream_unreachable`, `upstream_timeout`, `upstream_e
 cut short), `upstream_stream_broken` (not when the gateway closed the stream because the client
 left), and the provider's own `status_429` / `status_5xx` answers, retried or relayed.
 
+Account-chosen destinations (a `custom-{slug}` provider's base URL, image URLs, or any `send`
+with `account_chosen=True`) go through a second pool whose sockets open only to addresses
+`tollgate.netguard` permits (SSRF): a refusal is a 403 `upstream_address_refused` naming the
+setting that allows it. Operator-configured providers use the first pool, unchecked.
+
 The session decompresses upstream bodies, so relayed responses never carry the upstream's
 `content-encoding` or `content-length`; the data plane re-frames them. A timeout applies to the
 response headers (the first byte); once a stream has started it may run as long as it needs.
@@ -16,15 +21,20 @@ response headers (the first byte); once a stream has started it may run as long 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from tollgate.errors import GatewayError, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from tollgate import netguard
+from tollgate.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from tollgate.settings import UpstreamSettings
 
 # Headers that describe one hop or the old framing; never relayed in either direction.
@@ -44,6 +54,10 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+
+# An account's own provider (`custom-{slug}`): its base URL is the account's choice.
+ACCOUNT_PROVIDER_PREFIX = "custom-"
 
 
 class UpstreamStreamBroken(Exception):
@@ -104,14 +118,25 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings, failures: Failures | None = None) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # The pool for account-chosen destinations: its sockets open only to addresses the
+        # policy permits, checked after DNS resolution (so DNS rebinding cannot slip past).
+        self._guarded: aiohttp.ClientSession | None = None
+        self._policy = netguard.AddressPolicy.from_settings(settings.allowed_private_networks)
         # Failed attempts by (provider, kind); the app passes `Metrics.upstream_errors`.
         self.failures: Failures = {} if failures is None else failures
 
     async def start(self) -> None:
+        self._session = self._new_session(None)
+        self._guarded = self._new_session(netguard.guarded_socket_factory(self._policy))
+
+    def _new_session(self, socket_factory: netguard.SocketFactory | None) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self._settings.pool_size, ttl_dns_cache=300, keepalive_timeout=30
+            limit=self._settings.pool_size,
+            ttl_dns_cache=300,
+            keepalive_timeout=30,
+            socket_factory=socket_factory,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=self._settings.connect_timeout_seconds
@@ -121,9 +146,10 @@ class Upstream:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._guarded):
+            if session is not None:
+                await session.close()
+        self._session = self._guarded = None
 
     async def send(
         self,
@@ -134,13 +160,18 @@ class Upstream:
         headers: Iterable[tuple[str, str]],
         body: bytes,
         first_byte_timeout: float | None = None,
+        account_chosen: bool = False,
     ) -> UpstreamResponse:
-        """Send the request and wait for the response headers. Raises 502/504 errors."""
-        assert self._session is not None, "Upstream.start() was not called"
+        """Send the request and wait for the response headers. Raises 502/504 errors, and 403
+        when an account-chosen destination (`account_chosen`, or a `custom-{slug}` provider)
+        is not a permitted address."""
+        assert self._session is not None and self._guarded is not None, "start() not called"
+        guarded = account_chosen or provider.startswith(ACCOUNT_PROVIDER_PREFIX)
+        session = self._guarded if guarded else self._session
         timeout = first_byte_timeout or self._settings.first_byte_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                response = await self._session.request(
+                response = await session.request(
                     method, url, headers=list(headers), data=body or None, allow_redirects=False
                 )
         except TimeoutError:
@@ -150,6 +181,8 @@ class Upstream:
                 "Retry later, or raise the timeout with cf-aig-request-timeout.",
             ) from None
         except aiohttp.ClientError as exc:
+            if netguard.refused(exc):  # the gateway's own policy, not the provider's failure
+                raise _address_refused(provider, url) from None
             count_failure(self.failures, provider, "upstream_unreachable")
             raise _unreachable(provider, url, exc) from None
         if response.status >= 500 or response.status == 429:  # the provider's own failure
@@ -173,13 +206,16 @@ class Upstream:
         )
 
     async def fetch_image(self, url: str, *, allow_private: bool) -> tuple[bytes, str]:
-        """Download an image a client linked to; any failure is the client's 400."""
-        assert self._session is not None, "Upstream.start() was not called"
-        await _check_fetchable(url, allow_private=allow_private)
+        """Download an image a client linked to; any failure is the client's 400. Unless
+        `allow_private`, only https, through the guarded pool (public addresses, plus the
+        operator's allowed networks)."""
+        assert self._session is not None and self._guarded is not None, "start() not called"
+        _check_fetchable(url, allow_private=allow_private)
+        session = self._session if allow_private else self._guarded
         limit = self._settings.max_image_bytes
         try:
             async with asyncio.timeout(self._settings.connect_timeout_seconds * 3):
-                async with self._session.get(url, allow_redirects=False) as response:
+                async with session.get(url, allow_redirects=False) as response:
                     if response.status != 200:
                         raise _image_error(url, f"it answered HTTP {response.status}")
                     media_type = response.headers.get("content-type", "").split(";")[0]
@@ -187,31 +223,23 @@ class Upstream:
                         raise _image_error(url, f"it is {media_type or 'not'} an image")
                     body = await response.content.read(limit + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if netguard.refused(exc):
+                raise _image_error(url, "it points inside the gateway's own network") from None
             raise _image_error(url, str(exc) or type(exc).__name__) from None
         if len(body) > limit:
             raise _image_error(url, f"it is larger than {limit} bytes")
         return body, media_type
 
 
-async def _check_fetchable(url: str, *, allow_private: bool) -> None:
-    """Refuse plain http and addresses inside the gateway's network (SSRF) unless allowed."""
+def _check_fetchable(url: str, *, allow_private: bool) -> None:
+    """Refuse other schemes, and plain http unless allowed. The addresses are checked as the
+    guarded pool connects (SSRF, `tollgate.netguard`): checked here, apart from the
+    connection, a name could resolve to another address by then (DNS rebinding)."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise _image_error(url, "only http(s) URLs can be fetched")
-    if allow_private:
-        return
-    if parts.scheme != "https":
+    if not allow_private and parts.scheme != "https":
         raise _image_error(url, "only https image URLs are fetched")
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
-        )
-    except OSError as exc:
-        raise _image_error(url, f"its host does not resolve ({exc})") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise _image_error(url, "it points inside the gateway's own network")
 
 
 def _image_error(url: str, why: str) -> InvalidRequest:
@@ -223,6 +251,16 @@ def _image_error(url: str, why: str) -> InvalidRequest:
 
 def _host(url: str) -> str:
     return urlsplit(url).netloc
+
+
+def _address_refused(provider: str, url: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"tollgate did not connect to {_host(url)} for {provider}: the host is (or resolves "
+        "to) a loopback, private, link-local or other non-public address, which account-chosen "
+        "upstreams may not reach. Point the provider's base_url at a public host, or ask the "
+        f"operator to allow that network with {netguard.ALLOW_SETTING}.",
+        code="upstream_address_refused",
+    )
 
 
 def _unreachable(provider: str, url: str, exc: aiohttp.ClientError) -> GatewayError:

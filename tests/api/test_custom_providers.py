@@ -372,17 +372,25 @@ def test_a_duplicate_slug_is_409_and_changes_nothing(cp: Running) -> None:
 
 
 def test_http_and_private_base_urls_are_refused_by_default(cp: Running) -> None:
-    for url in ("http://llm.example/v1", "https://127.0.0.1:8000/v1", "https://localhost/v1"):
+    refusals = {
+        "http://llm.example/v1": "allow_http",
+        "https://127.0.0.1:8000/v1": "allowed_private_networks",
+        "https://localhost/v1": "allowed_private_networks",
+    }
+    for url, setting in refusals.items():
         with pytest.raises(cloudflare.BadRequestError, match="base_url") as caught:
             cp.create("local", base_url=url)
-        assert "allow_http" in caught.value.response.text
+        assert setting in caught.value.response.text
     assert cp.slugs() == []
 
 
 def test_http_base_urls_are_accepted_when_the_operator_allows_them(
     start: Callable[..., AbstractContextManager[Running]],
 ) -> None:
-    with start(TOLLGATE_CUSTOM_PROVIDERS__ALLOW_HTTP="true") as cp:
+    with start(
+        TOLLGATE_CUSTOM_PROVIDERS__ALLOW_HTTP="true",
+        TOLLGATE_UPSTREAM__ALLOWED_PRIVATE_NETWORKS="127.0.0.0/8,::1/128",
+    ) as cp:
         created = cp.create("vllm", base_url="http://127.0.0.1:8000/v1")
         assert created.base_url == "http://127.0.0.1:8000/v1"
         patched = cp.patch(created.id, base_url="http://localhost:11434")

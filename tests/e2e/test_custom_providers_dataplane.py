@@ -18,7 +18,10 @@ def custom_gateway(
     start_gateway: Callable[..., AbstractContextManager[Gateway]], sim: Sim
 ) -> Iterator[Gateway]:
     # The simulator listens on loopback over http, which the operator must allow.
-    with start_gateway(TOLLGATE_CUSTOM_PROVIDERS__ALLOW_HTTP="true") as gateway:
+    with start_gateway(
+        TOLLGATE_CUSTOM_PROVIDERS__ALLOW_HTTP="true",
+        TOLLGATE_UPSTREAM__ALLOWED_PRIVATE_NETWORKS="127.0.0.0/8",
+    ) as gateway:
         created = httpx.post(
             f"{gateway.url}/client/v4/accounts/{gateway.account.account_id}"
             "/ai-gateway/custom-providers",

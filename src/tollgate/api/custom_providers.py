@@ -23,12 +23,17 @@ Decisions where Cloudflare's documents are silent (body and query decisions are 
   with `read`, as Cloudflare's get does (its values may be credentials).
 - A slug already used in the account is 409 `already_exists` naming the provider that holds it.
 - Create, update and delete drop the data plane's cached copy at once (old and new slug).
+- A `base_url` host name that resolves, when it is stored, to a loopback, private or other
+  non-public address is a 400 (SSRF, `tollgate.netguard`), unless the operator allows that
+  network. A name that does not resolve yet is accepted: the data plane checks every address
+  again as it connects, whatever the name resolves to then.
 - The `custom-providers/costs` endpoints are not implemented.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -49,8 +54,10 @@ from tollgate.custom_provider_config import (
     parse_custom_provider_create,
     parse_custom_provider_update,
     parse_list_query,
+    private_host_refused,
 )
 from tollgate.errors import Conflict, NotFound
+from tollgate.netguard import AddressPolicy, resolves_to_refused
 from tollgate.services import Services
 from tollgate.store import custom_providers as custom_provider_repo
 from tollgate.store.custom_providers import CustomProviderRecord, SlugTaken
@@ -89,6 +96,10 @@ class CustomProviderRoutes:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._gateways = GatewayRoutes(services)  # one implementation of the auth order
+        # Where account-chosen base URLs may point (tollgate.netguard): public hosts, and the
+        # networks the operator allows.
+        networks = services.settings.upstream.allowed_private_networks
+        self._policy = AddressPolicy.from_settings(networks)
 
     async def _authorize(self, request: Request, account_id: str, permission: str) -> None:
         await self._gateways._authorize(request, account_id, permission)
@@ -96,6 +107,15 @@ class CustomProviderRoutes:
     @property
     def _allow_http(self) -> bool:
         return self.services.settings.custom_providers.allow_http
+
+    async def _check_resolved_host(self, fields: dict[str, Any]) -> None:
+        """A new base_url whose host name resolves to a refused address: 400, stored nowhere."""
+        if "base_url" not in fields:
+            return
+        parts = urlsplit(fields["base_url"])
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        if await resolves_to_refused(host, port, self._policy):
+            raise private_host_refused("base_url", host, resolved=True)
 
     async def _json_body(self, request: Request) -> object:
         limit = self.services.settings.server.max_body_bytes
@@ -136,8 +156,9 @@ class CustomProviderRoutes:
     async def create_custom_provider(self, request: Request, account_id: str) -> Response:
         await self._authorize(request, account_id, "edit")
         fields = parse_custom_provider_create(
-            await self._json_body(request), allow_http=self._allow_http
+            await self._json_body(request), allow_http=self._allow_http, policy=self._policy
         )
+        await self._check_resolved_host(fields)
         try:
             record = await custom_provider_repo.insert_custom_provider(
                 self.services.store, account_id, fields
@@ -158,8 +179,9 @@ class CustomProviderRoutes:
     async def update_custom_provider(self, request: Request, account_id: str, id: str) -> Response:
         await self._authorize(request, account_id, "edit")
         changes = parse_custom_provider_update(
-            await self._json_body(request), id, allow_http=self._allow_http
+            await self._json_body(request), id, allow_http=self._allow_http, policy=self._policy
         )
+        await self._check_resolved_host(changes)
         try:
             changed = await custom_provider_repo.update_custom_provider(
                 self.services.store, account_id, id, changes

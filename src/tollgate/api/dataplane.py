@@ -2,15 +2,19 @@
 
 This module turns ASGI into a `NativeRequest` (route, body within limits) and renders any
 `GatewayError` in the format of the provider the client called. `tollgate.pipeline` does the rest.
+The request limits (`tollgate.request_limits`: headers 431, body size 413, a body that trickles
+in 408, JSON depth and message count 400) are checked here, before the gateway is resolved, so a
+refused request holds nothing and is not logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tollgate.ai_run import EnvelopeSend, run_body
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
@@ -25,6 +29,12 @@ from tollgate.features.universal import proxy_universal
 from tollgate.ids import ACCOUNT_ID, CUSTOM_PROVIDER, GATEWAY_ID
 from tollgate.pipeline import NativeRequest, proxy_native
 from tollgate.providers.registry import PROVIDERS
+from tollgate.request_limits import (
+    RequestLimits,
+    body_timeout,
+    check_headers,
+    check_json_shape,
+)
 from tollgate.services import Services
 from tollgate.unified import (
     UnifiedRequest,
@@ -51,6 +61,7 @@ class DataPlane:
         self.services = services
         self.upstream = upstream
         self.max_body = services.settings.server.max_body_bytes
+        self.limits = RequestLimits.from_settings(services.settings.server)
         self.allow_custom_cost_unified = services.settings.billing.allow_custom_cost_unified
         self.logs = services.logs
         self.metrics = services.metrics
@@ -66,6 +77,8 @@ class DataPlane:
         capture: LogCapture | None = None
         try:
             route = parse_route(scope)
+            wire = PROVIDERS[route.provider].wire if route.provider in PROVIDERS else "openai"
+            check_headers(scope["headers"], self.limits)
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
             kind = route.provider if route.provider in (COMPAT, UNIVERSAL) else "native"
@@ -78,8 +91,7 @@ class DataPlane:
             if route.provider == COMPAT:
                 await self._unified(scope, receive, send, route, COMPAT_FORMATS, "compat", ctx, cf)
                 return
-            wire = PROVIDERS[route.provider].wire if route.provider in PROVIDERS else "openai"
-            body = await read_body(scope, receive, self.max_body)
+            body = await self._read_body(scope, receive)
             request = NativeRequest(
                 account_id=route.account_id,
                 gateway_id=route.gateway_id,
@@ -111,6 +123,7 @@ class DataPlane:
         capture: LogCapture | None = None
         try:
             route = parse_rest_route(scope)
+            check_headers(scope["headers"], self.limits)
             ctx = RequestContext(route.account_id, route.gateway_id)
             extra = [*extra, (b"cf-aig-log-id", ctx.log_id.encode())]
             cf = gateway_headers(scope["headers"])  # the one pass every feature reads
@@ -140,6 +153,13 @@ class DataPlane:
         allowed = self.allow_custom_cost_unified
         ctx.custom_rates = read_custom_cost(cf, unified_allowed=allowed)
         ctx.custom_cost = ctx.custom_rates is not None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The body within the size, time and JSON shape limits (`tollgate.request_limits`)."""
+        limits = self.limits
+        body = await read_body(scope, receive, self.max_body, limits.body_timeout_seconds)
+        check_json_shape(scope["headers"], body, limits)
+        return body
 
     async def _unified(
         self,
@@ -175,7 +195,7 @@ class DataPlane:
                 f"No such Unified API endpoint: {scope['method']} {route.path}. Known: {known}.",
                 code="route_not_found",
             )
-        body = await read_body(scope, receive, self.max_body)
+        body = await self._read_body(scope, receive)
         path = route.path
         if surface == "rest" and path == "run":
             path, body = run_body(scope["headers"], body)  # chat/completions or embeddings
@@ -273,24 +293,44 @@ def parse_route(scope: Scope) -> _Route:
     return _Route(account_id, gateway_id, provider, rest)
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) anything over `limit` before reading it all."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout: float | None = None
+) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` before reading it all, with
+    or without content-length, and (408) a body still incomplete `timeout` seconds after the
+    request started, however slowly it trickles in.
+
+    The deadline is armed only once the body turns out to come in pieces: most bodies arrive
+    with their headers, and a timer for each of them would cost ~5 µs a request. A client that
+    sends no byte of its body at all is cut by the server (`tollgate.http_protocol`)."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise _too_large(limit)
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("The client disconnected while sending the body.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    size = _take_chunk(await receive(), chunks, 0, limit)
+    if size < 0:
+        return chunks[0]
+    try:
+        async with asyncio.timeout_at(deadline):
+            while size >= 0:
+                size = _take_chunk(await receive(), chunks, size, limit)
+    except TimeoutError:
+        assert timeout is not None
+        raise body_timeout(timeout) from None
+    return b"".join(chunks)
+
+
+def _take_chunk(message: Message, chunks: list[bytes], size: int, limit: int) -> int:
+    """Append the message's piece of the body; the size so far, or -1 after the last piece."""
+    if message["type"] == "http.disconnect":
+        raise InvalidRequest("The client disconnected while sending the body.")
+    chunk = message.get("body", b"")
+    size += len(chunk)
+    if size > limit:
+        raise _too_large(limit)
+    chunks.append(chunk)
+    return -1 if not message.get("more_body", False) else size
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from tollgate.log_output import CURRENT_REQUEST
 from tollgate.store._util import ordered_id
 from tollgate.store.holds import Settlement
 
@@ -47,6 +48,11 @@ class RequestContext:
     # The gateway, once the caller is authorized for it (pipeline.resolve_gateway's callers set
     # it): the log is written into this gateway, under its collect_logs and log_management.
     gateway: GatewayRecord | None = None
+
+    def __post_init__(self) -> None:
+        # From here on, every line the process logs while serving this request carries its id
+        # (tollgate/log_output.py): the context is made in the request's own task.
+        CURRENT_REQUEST.set(self)
 
     def record_usage(self, tokens_in: int, tokens_out: int, settlement: Settlement) -> None:
         """What the meter settled: the log shows the tokens and cost that were charged."""

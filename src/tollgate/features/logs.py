@@ -3,6 +3,7 @@
     DataPlane: capture = logs.capture(...)   wraps the request's send/receive, reads the flags
                ... the request runs; capture sees status, content types, sizes, capped bodies
                finally: logs.submit(capture)  builds the record, appends it: no I/O, no await
+                        (and queues a span when the gateway has `otel`: features/otel.py)
     LogWriter: every flush_interval_ms (or at batch_size waiting) inserts the batch, after
                applying each gateway's log_management; aclose() flushes everything left
 
@@ -32,7 +33,7 @@ import re
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Message, Receive, Send
@@ -44,6 +45,9 @@ from tollgate.settings import LogSettings
 from tollgate.store import Store
 from tollgate.store import logs as log_repo
 from tollgate.store.logs import LogRecord
+
+if TYPE_CHECKING:
+    from tollgate.features.otel import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,9 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._counts: dict[tuple[str, str], tuple[int, float]] = {}
+        # The gateways' OpenTelemetry export (features/otel.py), set by the lifespan: it sees
+        # every request of a gateway with `otel` exporters, logged or not.
+        self.spans: SpanExporter | None = None
         self.written = 0  # observability and tests
         self.dropped = 0  # refused by log_management, or shed while the database was down
 
@@ -247,6 +254,9 @@ class LogWriter:
         gateway = capture.ctx.gateway
         if gateway is None:
             return  # the caller never got as far as its gateway: nothing to log into
+        exporters = gateway.config.get("otel")
+        if exporters and self.spans is not None:  # most gateways: one dict lookup
+            self.spans.offer(capture, exporters)
         collect = capture.collect
         if collect is None:
             collect = gateway.config.get("collect_logs", True) is not False
