@@ -22,12 +22,16 @@ from tollgate.store import Store
 from tollgate.store import logs as log_repo
 from tollgate.store.logs import LogRecord
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+def now() -> datetime:
+    """Read at each use, not at import: the suite may reach a test many minutes after collecting
+    it, and `--follow` looks back only `FOLLOW_LOOKBACK` (15 min) from the real clock."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def record(n: int, account_id: str, gateway_id: str = "default", **fields: Any) -> LogRecord:
     """The Logs API tests' log `n`, written minutes ago (so `--follow`'s look-back sees it)."""
-    created_at = NOW - timedelta(minutes=10) + timedelta(seconds=n)
+    created_at = now() - timedelta(minutes=10) + timedelta(seconds=n)
     return api_record(n, account_id, gateway_id, **{"created_at": created_at, **fields})
 
 
@@ -137,7 +141,7 @@ def test_follow_prints_new_logs_as_they_arrive(
     cli: Cli, logged: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = cli.env["TOLLGATE_DATABASE_URL"]
-    later = NOW + timedelta(seconds=1)
+    later = now() + timedelta(seconds=1)
 
     async def two_arrive() -> None:
         await insert(url, [record(6, logged, created_at=later), record(5, logged)])
