@@ -143,7 +143,8 @@ def test_while_postgres_is_down_billed_requests_fail_unforwarded_and_recover_by_
         relay.cut()
         for _ in range(3):
             refused = chat(url, account)
-            assert refused.status_code == 500
+            assert refused.status_code == 503  # fail closed, in the client's format
+            assert refused.json()["error"]["code"] == "ledger_unavailable"
         assert upstream_calls(sim_url) == calls, "a request without a hold reached the provider"
         assert httpx.get(f"{url}/healthz").status_code == 200  # liveness: the process is up
 
@@ -160,11 +161,6 @@ def test_while_postgres_is_down_billed_requests_fail_unforwarded_and_recover_by_
         assert sum(entry["kind"] == "usage" for entry in ledger) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not implemented: a 503 in the client's format while the ledger is unreachable "
-    "(today uvicorn's plain-text 500; docs/operations.md, Runbooks)",
-)
 def test_while_postgres_is_down_billed_requests_get_a_503_in_the_clients_format(
     tmp_path: Path,
 ) -> None:
@@ -175,7 +171,8 @@ def test_while_postgres_is_down_billed_requests_get_a_503_in_the_clients_format(
                 model="gpt-4o-mini", messages=MESSAGES, max_tokens=16
             )
         assert refused.value.status_code == 503
-        assert isinstance(refused.value.body, dict) and refused.value.body.get("code")
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body.get("code") == "ledger_unavailable"
 
 
 def test_a_gateway_started_while_postgres_is_down_exits_1_for_its_supervisor(

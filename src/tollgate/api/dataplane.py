@@ -10,6 +10,7 @@ refused request holds nothing and is not logged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,13 @@ from starlette.types import Message, Receive, Scope, Send
 from tollgate.ai_run import EnvelopeSend, run_body
 from tollgate.api.render import ERROR_RENDERERS, dumps, error_headers
 from tollgate.client_formats import ANTHROPIC_MESSAGES, OPENAI_CHAT, ClientFormat
-from tollgate.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tollgate.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from tollgate.features.context import RequestContext
 from tollgate.features.custom_cost import read_custom_cost
 from tollgate.features.headers import gateway_headers
@@ -36,6 +43,7 @@ from tollgate.request_limits import (
     check_json_shape,
 )
 from tollgate.services import Services
+from tollgate.store.engine import UNREACHABLE
 from tollgate.unified import (
     UnifiedRequest,
     list_models,
@@ -46,6 +54,8 @@ from tollgate.unified import (
 from tollgate.upstream import Upstream
 
 _ENCODED_TRAVERSAL = re.compile(rb"%2e|%2f|%5c", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -110,6 +120,10 @@ class DataPlane:
             if capture is None:  # refused before it had a context (metrics.py)
                 self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
+        except UNREACHABLE as down:
+            if capture is not None and capture.status is not None:
+                raise  # the answer has started: nothing to render it into
+            await send_error(send, database_unreachable(down), wire, extra)
         finally:
             if capture is not None:  # off the hot path: queued for the log writer
                 # Metrics for every request, logged or not: a few dict increments, no I/O.
@@ -137,6 +151,10 @@ class DataPlane:
             if capture is None:  # refused before it had a context (metrics.py)
                 self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
+        except UNREACHABLE as down:
+            if capture is not None and capture.status is not None:
+                raise  # the answer has started: nothing to render it into
+            await send_error(send, database_unreachable(down), wire, extra)
         finally:
             if capture is not None:
                 # Metrics for every request, logged or not: a few dict increments, no I/O.
@@ -337,6 +355,17 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The request body is larger than this gateway's limit of {limit} bytes. "
         "Send a smaller request, or ask the operator to raise server.max_body_bytes.",
+    )
+
+
+def database_unreachable(down: BaseException) -> ServiceUnavailable:
+    """The 503 for a request the gateway could not admit because its database is unreachable:
+    nothing was forwarded (the hold comes first), so the client may simply retry."""
+    log.warning("database unreachable, request refused with 503: %r", down)
+    return ServiceUnavailable(
+        "The gateway cannot reach its database, so it cannot bill this request; nothing was "
+        "sent to the provider. Retry in a few seconds.",
+        code="ledger_unavailable",
     )
 
 

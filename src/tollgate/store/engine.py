@@ -16,6 +16,7 @@ running loop's `LoopWriter`, which group-commits them on the loop thread
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +24,24 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tollgate.store.loop_writer import Checkpointer, LoopWriter
+
+# What a database that cannot be reached raises through the store: PostgreSQL down, restarting or
+# refusing connections, a connection cut mid-transaction, the pool timing out, SQLite's file
+# unreadable or locked past its timeout. The data plane answers these with a 503 (fail closed:
+# nothing is forwarded without its hold).
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,  # (SQLAlchemy wraps the driver's own errors in these)
+    sqlite3.OperationalError,
+    ConnectionError,
+)
 
 WAL_SYNC_INTERVAL = 0.1  # seconds between WAL syncs for the hot writer (see loop_writer)
 
