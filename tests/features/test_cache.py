@@ -157,7 +157,7 @@ async def test_redis_backend_round_trips_and_expires() -> None:
     client = Redis.from_url(REDIS_URL)
     prefix = f"test-{uuid.uuid4().hex}:"
     try:
-        backend = RedisBackend(client, prefix)
+        backend = RedisBackend(client, prefix, MemoryBackend(max_bytes=10_000))
         entry = Entry(200, [(b"x-upstream", b"1")], [b'{"ok":true}'], True)
         await backend.set("k", entry, ttl=60)
         assert await backend.get("k") == entry
@@ -172,12 +172,14 @@ async def test_redis_backend_round_trips_and_expires() -> None:
         await client.aclose()
 
 
-async def test_an_unreachable_redis_is_a_miss() -> None:
+async def test_an_unreachable_redis_falls_back_to_this_process() -> None:
     client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     try:
-        backend = RedisBackend(client, "unused:")
-        await backend.set("k", Entry(200, [], [b"x"], True), ttl=60)  # logged, not raised
-        assert await backend.get("k") is None
+        backend = RedisBackend(client, "unused:", MemoryBackend(max_bytes=10_000))
+        assert await backend.get("k") is None  # a miss, not an error
+        entry = Entry(200, [], [b"x"], True)
+        await backend.set("k", entry, ttl=60)  # logged, not raised: kept in this process
+        assert await backend.get("k") == entry
     finally:
         await client.aclose()
 

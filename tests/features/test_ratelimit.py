@@ -141,12 +141,14 @@ async def test_two_limiters_sharing_redis_share_the_limit(redis: tuple[Redis, st
         await second.aclose()
 
 
-async def test_an_unreachable_redis_lets_requests_through() -> None:
+async def test_an_unreachable_redis_falls_back_to_counting_in_this_process() -> None:
     client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     try:
         limiter = RateLimiter(client, "unused:")
-        config = {"rate_limiting_limit": 1, "rate_limiting_interval": 60}
-        for _ in range(3):
-            await limiter.enforce(gateway(**config))  # no 429, no exception
+        config = {"rate_limiting_limit": 2, "rate_limiting_interval": 60}
+        for _ in range(2):
+            await limiter.enforce(gateway(**config))  # no exception: Redis's failure is logged
+        with pytest.raises(RateLimited):  # the limit still holds, in this process
+            await limiter.enforce(gateway(**config))
     finally:
         await client.aclose()

@@ -14,8 +14,9 @@ are aligned to the clock (multiples of the interval since the Unix epoch):
 
 With `[redis] url` the counters live in Redis and one Lua script checks and counts atomically
 using Redis's own clock, so every process sharing the Redis shares the limit. Without it each
-process counts alone (the limit is then per process). If Redis fails, requests are let through
-and the failure is logged: a rate limit must not take the gateway down.
+process counts alone (the limit is then per process). If Redis fails, each process counts on its
+own until Redis answers again (the limit then holds per process), and the failure is logged: a
+rate limit must neither take the gateway down nor switch off.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ class RateLimiter:
         try:
             return int(await self._script(keys=[key], args=args))
         except (RedisError, OSError) as exc:
-            self._failures.failed(exc, "requests are not rate limited until it answers")
-            return 0
+            # Counted in this process alone meanwhile: the limit holds per process, never off.
+            self._failures.failed(exc, "this process counts its own requests until it answers")
+            return self._hit_in_memory((account_id, gateway_id), limit)
 
     def _hit_in_memory(self, key: tuple[str, str], limit: Limit) -> int:
         now_ms = int(time.time() * 1000)

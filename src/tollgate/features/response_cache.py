@@ -191,19 +191,22 @@ class MemoryBackend:
 
 
 class RedisBackend:
-    """Entries in Redis (`SET key value EX ttl`), shared by every process using it."""
+    """Entries in Redis (`SET key value EX ttl`), shared by every process using it. While Redis
+    fails, this process's own `fallback` serves instead (a miss at first, then what this process
+    stored meanwhile), so an outage degrades the cache to per-process, never to an error."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, fallback: MemoryBackend) -> None:
         self._redis = redis
         self._prefix = prefix + "cache:"
+        self._fallback = fallback
         self._failures = FailureLog("response cache")
 
     async def get(self, key: str) -> Entry | None:
         try:
             data = await self._redis.get(self._prefix + key)
         except (RedisError, OSError) as exc:
-            self._failures.failed(exc, "requests miss the cache until it answers")
-            return None
+            self._failures.failed(exc, "this process caches on its own until it answers")
+            return await self._fallback.get(key)
         if not isinstance(data, bytes):
             return None
         try:
@@ -215,7 +218,8 @@ class RedisBackend:
         try:
             await self._redis.set(self._prefix + key, entry.encode(), ex=ttl)
         except (RedisError, OSError) as exc:
-            self._failures.failed(exc, "answers are not stored until it answers")
+            self._failures.failed(exc, "this process caches on its own until it answers")
+            await self._fallback.set(key, entry, ttl)
 
 
 class ResponseCache:
@@ -415,6 +419,8 @@ def build_response_cache(
     redis: Redis | None, key_prefix: str, *, max_entry_bytes: int, memory_max_bytes: int
 ) -> ResponseCache:
     backend: Backend = (
-        RedisBackend(redis, key_prefix) if redis is not None else MemoryBackend(memory_max_bytes)
+        RedisBackend(redis, key_prefix, MemoryBackend(memory_max_bytes))
+        if redis is not None
+        else MemoryBackend(memory_max_bytes)
     )
     return ResponseCache(backend, max_entry_bytes=max_entry_bytes)
