@@ -320,8 +320,10 @@ def test_header_count_and_size_at_the_limit_are_served_over_is_431(
         assert status == 431, response[:300]
         assert error["error"]["code"] == "request_headers_too_large"
         assert what in error["error"]["message"]
-        if provider == "anthropic":  # Anthropic's error shape
-            assert error["type"] == "error" and error["error"]["type"]
+        if provider == "anthropic":  # Anthropic's error shape and type
+            assert error["type"] == "error" and error["error"]["type"] == "request_too_large"
+        else:
+            assert error["error"]["type"] == "invalid_request_error"
 
     at_count = raw_post(limited, url, exact_headers(limited, MAX_HEADERS, 1000, raw), raw)
     at_size = raw_post(limited, url, exact_headers(limited, 10, MAX_HEADER_BYTES, raw), raw)

@@ -18,9 +18,11 @@ _OPENAI_TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",  # the body did not arrive in time
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
 }
 # Cloudflare v4 envelopes carry numeric codes; these follow Cloudflare's where one is known.
 _CLOUDFLARE_CODES = {400: 7001, 401: 10000, 403: 10000, 404: 7002, 409: 7004, 413: 7005, 429: 7006}
@@ -72,8 +74,10 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    431: "request_too_large",
     504: "timeout_error",
 }
 _GOOGLE_STATUS = {
@@ -82,8 +86,10 @@ _GOOGLE_STATUS = {
     402: "RESOURCE_EXHAUSTED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
+    431: "INVALID_ARGUMENT",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
