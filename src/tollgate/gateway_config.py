@@ -3,9 +3,8 @@
 Pure: no I/O, no settings. The management API parses request bodies with `parse_gateway_create`
 and `parse_gateway_update`; the data plane creates the `default` gateway from
 `default_gateway_config()`. A stored config is the dict these functions return: every key of
-`default_gateway_config()`, plus `dlp`, `otel`, `guardrails`, `stripe`, `store_id` and
-`log_classification` when the client sent them (`otel` exports spans, features/otel.py; the
-others are stored and echoed, not acted on yet).
+`default_gateway_config()`, plus `dlp`, `otel` (features/otel.py), `guardrails`, `stripe`,
+`store_id` and `log_classification` when sent (all but `otel` stored and echoed, not acted on).
 
 Decisions, where Cloudflare's documents leave a choice:
 

@@ -9,11 +9,9 @@ records every request it receives.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.support.accounts import Seeded, seed_account
 from tests.support.databases import fresh_postgres_database
 from tests.support.server import free_port, serve_in_thread
+from tests.support.tcp_proxy import TcpProxy
 from tollgate.app import create_app
 from tollgate.providers.registry import PROVIDERS
 from tollgate.settings import load_settings
@@ -36,67 +35,14 @@ pytestmark = pytest.mark.postgres
 MESSAGES = [{"role": "user", "content": "Is the ledger there?"}]
 
 
-class PostgresRelay:
-    """127.0.0.1:port -> PostgreSQL at 127.0.0.1:5432, on an event loop of its own."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    def forward(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result()
-
-    def cut(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result()
-
-    def stop(self) -> None:
-        self.cut()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-    async def _listen(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def _close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 5432)
-        self.writers |= {writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
-
-
 @contextmanager
-def gateway_through_relay(tmp_path: Path) -> Iterator[tuple[str, Seeded, PostgresRelay, str]]:
+def gateway_through_relay(tmp_path: Path) -> Iterator[tuple[str, Seeded, TcpProxy, str]]:
     """(gateway URL, a seeded account, the relay, the simulator URL)."""
     with ExitStack() as stack:
         database = stack.enter_context(fresh_postgres_database())
         account = seed_account(database, credits_cents=10_000)
-        relay = PostgresRelay()
-        stack.callback(relay.stop)
+        relay = TcpProxy()
+        stack.callback(relay.close)
         relay.forward()
         sim_url = stack.enter_context(serve_in_thread(create_sim_app()))
         settings = load_settings(
