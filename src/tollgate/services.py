@@ -90,10 +90,13 @@ class Services:
                 store,
                 hold_ttl=hold_ttl,
                 commit_delay=settings.billing.commit_delay_ms / 1000,
+                settle_interval=settings.billing.settle_interval_ms / 1000,
             )
             if store.dialect == "sqlite" and settings.billing.credit_leases
             else None
         )
+        if leases is not None:  # a reader of the books sees every answered settlement
+            store.before_read = leases.flush
         ledger = Ledger(store, hold_ttl=hold_ttl, leases=leases)
         topups = TopUps(
             store,

@@ -140,6 +140,9 @@ class BillingSettings(BaseModel):
     # With leases: how long a settlement batch waits for other requests ending meanwhile to share
     # its commit (only while others are in flight; a lone request is never delayed).
     commit_delay_ms: float = Field(0.5, ge=0, le=20)
+    # With leases: how long a settlement the data plane answered before its commit (journaled
+    # first) may wait for its batch's commit. 0: every answer waits for its commit.
+    settle_interval_ms: float = Field(20.0, ge=0, le=100)
 
 
 class ProviderSettings(BaseModel):

@@ -153,6 +153,13 @@ MEANINGS: dict[str, str] = {
         "Only while at least two other requests are in flight: a lone request is never delayed. "
         "0 writes each loop iteration's settlements at once ([billing.md](billing.md))"
     ),
+    "billing.settle_interval_ms": (
+        "With credit leases: the data plane answers a request once its settlement is journaled "
+        "and commits it with the others issued within this many milliseconds (one commit for "
+        "many requests). A crash in between loses nothing: recovery writes the journaled charge. "
+        "Readers in the same process see it at once; other processes within this interval. "
+        "0: every answer waits for its own commit ([billing.md](billing.md))"
+    ),
     "upstream.connect_timeout_seconds": "TCP connect timeout to a provider",
     "upstream.first_byte_timeout_seconds": (
         "time allowed until a provider's response headers (504 after); a started stream may run "

@@ -48,6 +48,18 @@ class Gateway:
     def base(self, provider: str, account_id: str | None = None, gateway: str = "default") -> str:
         return f"{self.url}/v1/{account_id or self.account.account_id}/{gateway}/{provider}"
 
+    def sync_books(self) -> None:
+        """Read the books through the gateway once, as a client would. The data plane answers
+        a request before its settlement's batch is committed (`billing.settle_interval_ms`);
+        a read in the gateway's process commits what is queued first. A test reading the
+        database directly (another process's view) calls this first."""
+        response = httpx.get(
+            f"{self.url}/admin/v1/accounts/{self.account.account_id}/ledger",
+            params={"limit": 1},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert response.status_code == 200, response.text
+
 
 class Sim:
     def __init__(self, url: str) -> None:

@@ -91,6 +91,7 @@ class Books:
 
 def books(gateway: Gateway, account_id: str | None = None) -> Books:
     account = account_id or gateway.account.account_id
+    gateway.sync_books()
 
     async def read(store: Store) -> Books:
         snapshot = await check_invariants(store, account)  # raises on any ledger/hold mismatch

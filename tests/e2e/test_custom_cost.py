@@ -108,6 +108,8 @@ def unified_openai(gateway: Gateway, base_url: str | None = None, **headers: str
 
 
 def hold_rows(gateway: Gateway) -> list[Any]:
+    gateway.sync_books()
+
     async def read(store: Store) -> list[Any]:
         async with store.read() as conn:
             query = select(holds).where(holds.c.account_id == gateway.account.account_id)
@@ -117,6 +119,8 @@ def hold_rows(gateway: Gateway) -> list[Any]:
 
 
 def bucket_total(gateway: Gateway, key: str) -> int:
+    gateway.sync_books()
+
     async def read(store: Store) -> int:
         return sum((await limits_repo.bucket_amounts(store, [key])).values())
 

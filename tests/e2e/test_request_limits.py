@@ -47,6 +47,7 @@ def limited(start_gateway: Callable[..., AbstractContextManager[Gateway]]) -> It
 
 def books(gateway: Gateway, account_id: str | None = None) -> tuple[int, int, int]:
     """An account's balance, held amount and ledger entries (the invariants checked too)."""
+    gateway.sync_books()
 
     async def read() -> tuple[int, int, int]:
         store = Store(gateway.database_url)

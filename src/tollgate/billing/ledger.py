@@ -247,22 +247,35 @@ class Ledger:
         return leased + await holds_repo.extend_holds(self.store, [h.id for h in holds], expires_at)
 
     async def settle(
-        self, hold: Hold, actual_nanos: int, *, estimated: bool = False, note: str = ""
+        self,
+        hold: Hold,
+        actual_nanos: int,
+        *,
+        estimated: bool = False,
+        note: str = "",
+        wait_for_commit: bool = True,
     ) -> Settlement:
-        """Charge `actual_nanos` (measured, or `estimated`) and release the rest of the hold."""
+        """Charge `actual_nanos` (measured, or `estimated`) and release the rest of the hold.
+        `wait_for_commit=False` (the data plane): a lease-admitted hold's result may return once
+        it is journaled, before its batch commits (`tollgate.billing.leases`)."""
         _nanos(actual_nanos, "actual_nanos")
-        return await self._resolve(hold, actual_nanos, estimated, note)
+        return await self._resolve(hold, actual_nanos, estimated, note, wait_for_commit)
 
-    async def release(self, hold: Hold) -> Settlement:
+    async def release(self, hold: Hold, *, wait_for_commit: bool = True) -> Settlement:
         """Nothing was produced: no charge, no entry; the held amount and buckets restored."""
-        return await self._resolve(hold, None, False, "")
+        return await self._resolve(hold, None, False, "", wait_for_commit)
 
     async def _resolve(
-        self, hold: Hold, charge: int | None, estimated: bool, note: str
+        self, hold: Hold, charge: int | None, estimated: bool, note: str, wait: bool = True
     ) -> Settlement:
         leases = self.leases
-        if leases is not None and leases.owns(hold):
-            return await leases.resolve(hold, charge, estimated=estimated, note=note)
+        if leases is not None:
+            if leases.owns(hold):
+                return await leases.resolve(
+                    hold, charge, estimated=estimated, note=note, wait_for_commit=wait
+                )
+            if leases.unwritten(hold):  # a repeat: its first result is still being written
+                await leases.flush()
         try:
             return await self._resolve_hold(
                 self.store,

@@ -301,7 +301,7 @@ class Meter:
             return None
         self._in_flight.pop(admission.hold.id, None)
         if usage is None and produced_bytes == 0:
-            return await self.ledger.release(admission.hold)
+            return await self.ledger.release(admission.hold, wait_for_commit=False)
         estimated = estimated or usage is None or not complete
         output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
         if usage is None:
@@ -320,6 +320,7 @@ class Meter:
             cost,
             estimated=estimated,
             note=_note(price, usage, estimated, off_peak, custom),
+            wait_for_commit=False,  # journaled first: the answer need not wait for the batch
         )
         if admission.ctx is not None:
             admission.ctx.record_usage(usage.input_tokens, usage.output_tokens, settlement)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,9 @@ class Store:
         self.dialect = "sqlite" if driver_url.startswith("sqlite") else "postgresql"
         self.wal_sync_interval = wal_sync_interval
         self._hot: dict[asyncio.AbstractEventLoop, LoopWriter] = {}
+        # Awaited before every read: the credit leases' flush, so that a reader in this process
+        # sees the settlements answered before their commit (tollgate.billing.leases).
+        self.before_read: Callable[[], Awaitable[None]] | None = None
         self._checkpointer: Checkpointer | None = None
         self.sqlite_path = ""
         if self.dialect == "sqlite":
@@ -126,6 +129,8 @@ class Store:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        if self.before_read is not None:
+            await self.before_read()
         async with self._reader.connect() as conn:
             yield conn
 

@@ -4,9 +4,12 @@
 A lease-admitted request reaches the database only when it is over: its settlement batch writes
 its `usage` ledger entry (reference `lease:{hold id}`), or, for a release, a hold row in state
 `released`. Its admission is one line in this journal, written before the request is forwarded.
-So after a crash, the lines whose hold id has neither are exactly the requests that were in
-flight, and recovery charges each its recovery estimate, as the ledger's policy says for a
-forwarded hold (`tollgate.billing.ledger`).
+A request answered before its batch is committed (the data plane's) also gets a **resolution**
+line, written before the answer: the exact charge, its flag, note and ledger entry id. So after
+a crash, the lines whose hold id has neither an entry nor a hold row are exactly the requests
+not yet in the books: one with a resolution line is written as it was answered, and one without
+(it was in flight) is charged its recovery estimate, as the ledger's policy says for a forwarded
+hold (`tollgate.billing.ledger`).
 
 - **Where:** a directory next to the SQLite database (`{database}.journal/`): one lock file per
   live process (`{owner}.lock`, held with `flock` for the process's life) and its journal
@@ -27,7 +30,7 @@ import fcntl
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -80,14 +83,54 @@ class Admitted:
         return cls(*fields)
 
 
+RESOLUTION_MARK = "r"  # the first field of a resolution line (an admission's is a hold id)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """One journal line: how a request answered before its commit was resolved."""
+
+    hold_id: str
+    charge_nanos: int  # 0: released
+    estimated: bool
+    note: str
+    ledger_entry_id: str | None  # the id its usage entry gets (None when nothing is charged)
+
+    def line(self) -> bytes:
+        fields = [RESOLUTION_MARK, self.hold_id, self.charge_nanos, self.estimated, self.note]
+        return orjson.dumps([*fields, self.ledger_entry_id]) + b"\n"
+
+
+@dataclass(slots=True)
+class Lines:
+    """What a journal holds: its admissions, and the resolutions by hold id."""
+
+    admitted: list[Admitted] = field(default_factory=list)
+    resolutions: dict[str, Resolution] = field(default_factory=dict)
+
+
 def read_lines(path: Path) -> list[Admitted]:
     """Every complete admission in a segment (the unused, zeroed tail is not a line)."""
-    found = []
+    return read_segment(path).admitted
+
+
+def read_segment(path: Path, into: Lines | None = None) -> Lines:
+    """Every complete line of a segment, added to `into` (or a new `Lines`). A line cut short by
+    a crash is skipped: an admission not forwarded yet, or a resolution not answered yet."""
+    found = into if into is not None else Lines()
     for line in path.read_bytes().rstrip(b"\0").splitlines():
-        if line.strip(b"\0 \t"):
-            admitted = Admitted.parse(line)
-            if admitted is not None:
-                found.append(admitted)
+        if not line.strip(b"\0 \t"):
+            continue
+        if line.startswith(b'["r",'):
+            try:
+                resolution = Resolution(*orjson.loads(line)[1:])
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+            found.resolutions[resolution.hold_id] = resolution
+            continue
+        admitted = Admitted.parse(line)
+        if admitted is not None:
+            found.admitted.append(admitted)
     return found
 
 
@@ -107,8 +150,9 @@ class Journal:
         self._number = 0
         self._map: mmap.mmap
         self._size = 0
-        self._pending: dict[int, int] = {}  # segment number -> admissions not yet settled
-        self._segment_of: dict[str, int] = {}  # hold id -> its segment
+        self._pending: dict[int, int] = {}  # segment number -> lines not yet settled
+        self._segment_of: dict[str, int] = {}  # hold id -> its admission's segment
+        self._resolution_of: dict[str, int] = {}  # hold id -> its resolution's segment
         self._open_segment()
 
     def _path(self, number: int) -> Path:
@@ -129,24 +173,36 @@ class Journal:
 
     def append(self, admitted: Admitted) -> None:
         """Record an admission before its request is forwarded."""
-        line = admitted.line()
+        self._segment_of[admitted.hold_id] = self._write(admitted.line())
+
+    def resolved(self, resolution: Resolution) -> None:
+        """Record how a request was resolved, before it is answered ahead of its commit."""
+        self._resolution_of[resolution.hold_id] = self._write(resolution.line())
+
+    def _write(self, line: bytes) -> int:
         end = self._size + len(line)
         if end > SEGMENT_BYTES:
             self._map.close()
+            full = self._number
             self._open_segment()
+            self._drop_if_done(full)
             end = len(line)
         self._map[self._size : end] = line
         self._size = end
         self._pending[self._number] += 1
-        self._segment_of[admitted.hold_id] = self._number
+        return self._number
 
     def settled(self, hold_id: str) -> None:
-        """Its settlement is committed: the line is no longer needed for recovery."""
-        number = self._segment_of.pop(hold_id, None)
-        if number is None:
-            return
-        self._pending[number] -= 1
-        if self._pending[number] == 0 and number != self._number:
+        """Its settlement is committed: its lines are no longer needed for recovery."""
+        for lines_of in (self._segment_of, self._resolution_of):
+            number = lines_of.pop(hold_id, None)
+            if number is not None:
+                self._pending[number] -= 1
+                self._drop_if_done(number)
+
+    def _drop_if_done(self, number: int) -> None:
+        """Delete a full segment once every line in it is settled."""
+        if self._pending.get(number) == 0 and number != self._number:
             del self._pending[number]
             with contextlib.suppress(FileNotFoundError):
                 self._path(number).unlink()
@@ -170,6 +226,7 @@ class DeadJournal:
     owner: str
     admitted: list[Admitted]
     files: list[Path]
+    resolutions: dict[str, Resolution] = field(default_factory=dict)
 
     def remove(self) -> None:
         for path in self.files:
@@ -192,7 +249,9 @@ def dead_journals(directory: Path, *, live_owner: str | None = None) -> Iterator
             except BlockingIOError:
                 continue  # its process is alive
             segments = sorted(directory.glob(f"{owner}.*.jsonl"))
-            admitted = [a for path in segments for a in read_lines(path)]
-            yield DeadJournal(owner, admitted, [*segments, lock])
+            lines = Lines()
+            for path in segments:
+                read_segment(path, lines)
+            yield DeadJournal(owner, lines.admitted, [*segments, lock], lines.resolutions)
         finally:
             os.close(fd)

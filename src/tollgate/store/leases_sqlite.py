@@ -14,7 +14,9 @@ transaction, so `BEGIN IMMEDIATE` has already serialised it against every other 
   row, resolved, and then a charge's entry is `hold:{hold id}`, exactly as on the hold path;
 - `release`: give a lease's remaining credit back;
 - `recover_owner`: resolve a dead process's journal: every admitted hold that never reached the
-  database is settled at its recovery charge (flagged estimated), then its leases are released.
+  database is written as its resolution line says (it was answered with that charge before its
+  batch was committed) or, without one (it was in flight), settled at its recovery charge
+  (flagged estimated); then its leases are released.
 
 The rows are in the formats `tollgate.store.holds_sqlite` writes, so everything else (the APIs,
 maintenance) reads them as any other entry and hold; the invariant checks know the `lease:`
@@ -25,16 +27,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tollgate.store._util import ordered_id
 from tollgate.store.holds import NOTE_MAX, Hold, InsufficientFunds, Settlement
 from tollgate.store.holds_sqlite import stamp_us
-from tollgate.store.journal import Admitted
+from tollgate.store.journal import Admitted, Resolution
 from tollgate.store.ledger import AccountMissing
 
-_AVAILABLE = "SELECT balance_nanos - held_nanos - leased_nanos FROM accounts WHERE id = ?"
+_AVAILABLE = "SELECT balance_nanos, held_nanos + leased_nanos FROM accounts WHERE id = ?"
 _LEASE_MORE = "UPDATE accounts SET leased_nanos = leased_nanos + ? WHERE id = ?"
 _UPSERT_LEASE = (
     "INSERT INTO credit_leases (id, owner, account_id, amount_nanos, created_at, expires_at) "
@@ -77,9 +79,10 @@ class Resolved:
     charge_nanos: int  # 0: released (nothing produced, or nothing to charge)
     estimated: bool
     note: str
-    # Filled in by `settle_batch`:
-    balance_after_nanos: int | None = None
+    # Filled in by `settle_batch` (the entry id may be chosen before, when the request is
+    # answered ahead of its commit):
     ledger_entry_id: str | None = None
+    balance_after_nanos: int | None = None
 
 
 def acquire(
@@ -92,20 +95,21 @@ def acquire(
     at_least: int,
     now: str,
     expires: str,
-) -> int:
+) -> tuple[int, int]:
     """Lease up to `want` more (at least `at_least`) of the account's available credit; returns
-    what was granted. Raises `InsufficientFunds(at_least, available)` when not even `at_least`
-    is available, and `AccountMissing`."""
+    what was granted and the account's balance. Raises `InsufficientFunds(at_least, available)`
+    when not even `at_least` is available, and `AccountMissing`."""
     row = conn.execute(_AVAILABLE, (account_id,)).fetchone()
     if row is None:
         raise AccountMissing(account_id)
-    available = int(row[0])
+    balance = int(row[0])
+    available = balance - int(row[1])
     if available < at_least:
         raise InsufficientFunds(at_least, available)
     granted = min(want, available)
     conn.execute(_LEASE_MORE, (granted, account_id))
     conn.execute(_UPSERT_LEASE, (lease_id, owner, account_id, granted, now, expires))
-    return granted
+    return granted, balance
 
 
 def settle_batch(
@@ -132,7 +136,7 @@ def settle_batch(
         running -= charge
         item.balance_after_nanos = running
         if charge:
-            item.ledger_entry_id = ordered_id()
+            item.ledger_entry_id = item.ledger_entry_id or ordered_id()
             note = item.note if len(item.note) <= NOTE_MAX else item.note[:NOTE_MAX]
             prefix = "hold:" if item.estimated else LEASE_REFERENCE
             entries.append(
@@ -197,16 +201,27 @@ def extend(conn: sqlite3.Connection, owner: str, expires: str) -> None:
 
 
 def recover_owner(
-    conn: sqlite3.Connection, owner: str, admitted: Sequence[Admitted], note: str, now: str
+    conn: sqlite3.Connection,
+    owner: str,
+    admitted: Sequence[Admitted],
+    note: str,
+    now: str,
+    resolutions: Mapping[str, Resolution] | None = None,
 ) -> tuple[int, int]:
-    """Resolve a dead owner's journal; returns (requests settled, nanos charged)."""
+    """Resolve a dead owner's journal; returns (requests written, nanos charged)."""
     known = _resolved(conn, admitted)
     lost: dict[str, list[Resolved]] = defaultdict(list)
     for a in admitted:
         if a.hold_id not in known:
             known.add(a.hold_id)  # a line written twice is charged once
-            charge = a.recovery_charge_nanos
-            lost[a.account_id].append(Resolved(a, charge, charge > 0, note))
+            answered = resolutions.get(a.hold_id) if resolutions else None
+            if answered is not None:  # as the client was told
+                item = Resolved(a, answered.charge_nanos, answered.estimated, answered.note)
+                item.ledger_entry_id = answered.ledger_entry_id
+            else:
+                charge = a.recovery_charge_nanos
+                item = Resolved(a, charge, charge > 0, note)
+            lost[a.account_id].append(item)
     leases = {str(r[1]): (str(r[0]), int(r[2])) for r in conn.execute(_OWNER_LEASES, (owner,))}
     settled = charged = 0
     for account_id in sorted(set(lost) | set(leases)):
