@@ -299,3 +299,30 @@ def test_under_uvloop_the_gateways_loop(tmp_path: Path) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def test_a_batch_still_failing_at_shutdown_stays_in_the_journal(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = process(store, interval=0.01, flush_reads=False)
+    account_id = await new_account(store, 10**12)
+    held = await hold(ledger, account_id)
+    real = leases_sqlite.settle_groups
+
+    def broken(conn: sqlite3.Connection, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(leases_sqlite, "settle_groups", broken)
+    told = await ledger.settle(held, 321, wait_for_commit=False)  # type: ignore[arg-type]
+    assert ledger.leases is not None
+    await ledger.leases.close()  # the database still refuses: nothing may be dropped
+    assert list(journal_dir(store.sqlite_path).glob("*.jsonl"))
+    monkeypatch.setattr(leases_sqlite, "settle_groups", real)
+    restarted = process(store)
+    assert (await restarted.recover()).settled == 1
+    books = await check_invariants(store, account_id)
+    [usage] = [e for e in books.entries if e.kind == "usage"]
+    assert (usage.id, usage.amount_nanos) == (told.ledger_entry_id, -321)
+    assert books.leased_nanos == 0
+    assert restarted.leases is not None
+    await restarted.leases.close()

@@ -517,13 +517,17 @@ class CreditLeases:
         """At shutdown: write what is queued, give every lease back, close the journal."""
         with contextlib.suppress(Exception):
             await self.flush()
+        if self._flushing is not None:  # a retry of a failing batch: the journal keeps it
+            self._flushing.cancel()
         for lease in list(self._leases.values()):
             if lease.idle_timer is not None:
                 lease.idle_timer.cancel()
             if not lease.count:
                 await self._release_if_idle(lease)
         if self._journal is not None:
-            self._journal.close(remove=not self._open)
+            # Kept while anything is unwritten (a batch that kept failing): the next start-up
+            # recovers it from these lines.
+            self._journal.close(remove=not (self._open or self._queue or self._answered))
             self._journal = None
 
     # --- recovery -----------------------------------------------------------------------------
