@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.billing.test_ledger import FakeClock, new_account
-from tollgate.billing.leases import GROWTH_REQUESTS, CreditLeases, RequestIdReused
+from tollgate.billing.lease_batches import RequestIdReused
+from tollgate.billing.leases import GROWTH_REQUESTS, CreditLeases
 from tollgate.billing.ledger import RECOVERY_NOTE, InvariantViolation, Ledger, check_invariants
 from tollgate.billing.limits import LimitSpec, account_key
 from tollgate.billing.windows import Window

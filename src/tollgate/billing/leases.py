@@ -47,6 +47,8 @@ recovery charge (the ledger's policy for a forwarded hold); then its leases are 
 
 Only on SQLite, where the event loop's writer is the database's one writer
 (`tollgate.store.loop_writer`). Several processes on one SQLite file each lease their own slice.
+The batch writing is `tollgate.billing.lease_batches`; start-up recovery is
+`tollgate.billing.lease_recovery`.
 """
 
 from __future__ import annotations
@@ -54,11 +56,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from tollgate.billing import lease_recovery
+from tollgate.billing.lease_batches import (
+    Lease,
+    OpenRequest,
+    Queued,
+    SettlementBatches,
+)
 from tollgate.billing.windows import Clock, utc_now
 from tollgate.store import leases_sqlite
 from tollgate.store._util import ordered_id
@@ -73,52 +80,14 @@ GROWTH_REQUESTS = 64  # a lease grows by room for this many more requests like t
 LINGER_SECONDS = 2.0  # an idle account's lease is given back after this long
 COMMIT_DELAY_SECONDS = 0.0005  # how long a settlement batch waits for others to join it...
 COMMIT_SIBLINGS = 2  # ...when at least this many other lease-admitted requests are in flight
-SETTLE_INTERVAL_SECONDS = 0.005  # how long a settlement answered before its commit may wait
-FLUSH_ATTEMPTS = 3  # a reader's flush tries a failing batch this often before reading anyway
-RETRY_FIRST, RETRY_MAX = 0.05, 5.0  # seconds between attempts at a failing batch (doubling)
+SETTLE_INTERVAL_SECONDS = 0.02  # how long a settlement answered before its commit may wait
 
 
 class NotLeased(Exception):
     """The hold is not one this process admitted against a lease (or it is already resolved)."""
 
 
-class RequestIdReused(Exception):
-    """A lease-admitted request's id was already used by another hold: it cannot be written.
-    (The meter's request ids are fresh; only a caller reusing one meets this.)"""
-
-
-@dataclass(slots=True)
-class _Lease:
-    account_id: str
-    lease_id: str
-    amount: int = 0  # reserved in the database (`credit_leases.amount_nanos`)
-    in_flight: int = 0  # the amounts of the admitted requests not yet resolved
-    count: int = 0  # how many requests that is
-    pending: int = 0  # charges resolved but not yet committed (they will come out of `amount`)
-    balance: int | None = None  # the account's balance at this lease's last write
-    growing: asyncio.Future[None] | None = None
-    idle_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def free(self) -> int:
-        return self.amount - self.in_flight - self.pending
-
-
-@dataclass(slots=True)
-class _Open:
-    lease: _Lease
-    hold: Hold
-    admitted: Admitted
-
-
-@dataclass(slots=True)
-class _Queued:
-    open: _Open
-    item: leases_sqlite.Resolved
-    done: asyncio.Future[Settlement] | None = field(repr=False)  # None: answered already
-
-
-class CreditLeases:
+class CreditLeases(SettlementBatches):
     """This process's leases, journal and settlement batches, over one SQLite store."""
 
     def __init__(
@@ -141,9 +110,9 @@ class CreditLeases:
         self.owner = ordered_id()
         self.directory = journal_dir(store.sqlite_path)
         self._journal: Journal | None = None
-        self._leases: dict[str, _Lease] = {}
-        self._open: dict[str, _Open] = {}
-        self._queue: list[_Queued] = []
+        self._leases: dict[str, Lease] = {}
+        self._open: dict[str, OpenRequest] = {}
+        self._queue: list[Queued] = []
         self._flushing: asyncio.Task[None] | None = None  # the queue's next write...
         self._due = 0.0  # ...at this `loop.time()`
         self._writing: set[asyncio.Task[None]] = set()  # every write task not finished
@@ -184,7 +153,7 @@ class CreditLeases:
         journal = self._journal_now()  # before any lease: a lease always has its owner's lock
         lease = self._leases.get(account_id)
         if lease is None:
-            lease = self._leases[account_id] = _Lease(account_id, f"{self.owner}:{account_id}")
+            lease = self._leases[account_id] = Lease(account_id, f"{self.owner}:{account_id}")
         while lease.free < amount:
             await self._grow(lease, amount)
         if lease.idle_timer is not None:
@@ -219,10 +188,10 @@ class CreditLeases:
             expires,
             now,
         )
-        self._open[hold_id] = _Open(lease, hold, admitted)
+        self._open[hold_id] = OpenRequest(lease, hold, admitted)
         return hold
 
-    async def _grow(self, lease: _Lease, amount: int) -> None:
+    async def _grow(self, lease: Lease, amount: int) -> None:
         if lease.growing is not None:  # someone is growing it already: wait, then look again
             await asyncio.shield(lease.growing)
             return
@@ -290,7 +259,7 @@ class CreditLeases:
             if answered is not None:
                 return answered
         done: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(found, item, done))
+        self._queue.append(Queued(found, item, done))
         self._waiting += 1
         # Written on the next loop iteration, with every settlement issued until then. With
         # other requests in flight, a little later (`commit_delay`), so that those ending
@@ -300,7 +269,7 @@ class CreditLeases:
         # Not shielded: a cancelled caller cancels only its wait; the batch is written anyway.
         return await done
 
-    def _answer_first(self, found: _Open, item: leases_sqlite.Resolved) -> Settlement | None:
+    def _answer_first(self, found: OpenRequest, item: leases_sqlite.Resolved) -> Settlement | None:
         """Journal the resolution, queue it, and return its settlement now; None when the
         journal cannot take the line (the caller then waits for the commit)."""
         lease, hold = found.lease, found.hold
@@ -314,7 +283,7 @@ class CreditLeases:
         except OSError:
             log.exception("journaling a settlement failed; it is committed before its answer")
             return None
-        self._queue.append(_Queued(found, item, None))
+        self._queue.append(Queued(found, item, None))
         self._answered.add(hold.id)
         self._schedule(self.settle_interval)
         assert lease.balance is not None
@@ -336,144 +305,9 @@ class CreditLeases:
         settle), or None if it has no such settlement."""
         return await self.store.hot().run(partial(leases_sqlite.lease_settlement, hold=hold))
 
-    def _schedule(self, delay: float) -> None:
-        """Write the queue in `delay` seconds, or sooner if a write is due sooner already."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        if self._flushing is not None:
-            if self._due <= due:
-                return
-            self._flushing.cancel()  # still asleep: it has not taken the queue yet
-        self._due = due
-        self._flushing = task = loop.create_task(self._flush(delay))
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _flush(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        self._flushing = None
-        queued, self._queue = self._queue, []
-        if queued:
-            await self._write(queued)
-
-    async def flush(self) -> None:
-        """Commit every settlement queued so far (those answered before their commit too).
-        Same-process readers of the books call this first (`Store.before_read`). A batch that
-        keeps failing is left queued for its retries after `FLUSH_ATTEMPTS`."""
-        for _ in range(FLUSH_ATTEMPTS):
-            if self._queue:
-                self._schedule(0.0)
-            if not self._writing:
-                return
-            await asyncio.wait(set(self._writing))
-
-    async def _write(self, queued: list[_Queued]) -> None:
-        """Write `queued` in one transaction and answer each caller."""
-        by_lease: dict[str, tuple[_Lease, list[_Queued]]] = {}
-        for entry in queued:
-            lease = entry.open.lease
-            by_lease.setdefault(lease.lease_id, (lease, []))[1].append(entry)
-        groups = []
-        for lease_id, (lease, entries) in by_lease.items():
-            total = sum(q.item.charge_nanos for q in entries)
-            cut = min(total, max(0, lease.amount))
-            groups.append((lease_id, lease.account_id, [q.item for q in entries], cut))
-        now = stamp(self.clock())
-        try:
-            await self.store.hot().run(partial(leases_sqlite.settle_groups, groups=groups, now=now))
-        except leases_sqlite.RowRefused:
-            # One request's row was refused (a request id used before): write them one by one,
-            # so only that one fails.
-            if len(queued) > 1:
-                for entry in queued:
-                    await self._write([entry])
-                return
-            self._refused(queued[0])
-            return
-        except BaseException as exc:
-            self._failed(queued, by_lease, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._written(queued, by_lease, groups)
-
-    def _written(
-        self,
-        queued: list[_Queued],
-        by_lease: dict[str, tuple[_Lease, list[_Queued]]],
-        groups: list[tuple[str, str, list[leases_sqlite.Resolved], int]],
-    ) -> None:
-        """The batch is committed: the leases' books, the journal, and the waiting callers."""
-        self._retry_delay = 0.0
-        journal = self._journal_now()
-        for (lease, entries), (_, _, _, cut) in zip(by_lease.values(), groups, strict=True):
-            lease.amount -= cut
-            lease.pending -= sum(q.item.charge_nanos for q in entries)
-            lease.balance = entries[-1].item.balance_after_nanos  # the account's, after it
-            if lease.count == 0 and lease.pending == 0:
-                self._idle(lease)
-        for entry in queued:
-            item, hold = entry.item, entry.open.hold
-            journal.settled(hold.id)
-            self._answered.discard(hold.id)
-            if entry.done is None:
-                continue
-            self._waiting -= 1
-            if not entry.done.done():
-                entry.done.set_result(
-                    first_settlement(
-                        hold,
-                        "settled" if item.charge_nanos else "released",
-                        item.charge_nanos,
-                        item.estimated,
-                        item.balance_after_nanos,
-                        item.ledger_entry_id,
-                    )
-                )
-
-    def _refused(self, entry: _Queued) -> None:
-        """A lone request whose hold row names a request id used before. A caller waiting for
-        the commit is told (`RequestIdReused`); a request already answered keeps its charge and
-        is written under a request id of its own (`{request id}#{hold id}`)."""
-        admitted = entry.open.admitted
-        if entry.done is None:
-            log.warning("request id %r was used before; stored as its own", admitted.request_id)
-            admitted.request_id = f"{admitted.request_id}#{admitted.hold_id}"[:200]
-            self._queue.insert(0, entry)
-            self._schedule(0.0)
-            return
-        entry.open.lease.pending -= entry.item.charge_nanos
-        self._waiting -= 1
-        if not entry.done.done():
-            entry.done.set_exception(RequestIdReused(admitted.request_id))
-
-    def _failed(
-        self,
-        queued: list[_Queued],
-        by_lease: dict[str, tuple[_Lease, list[_Queued]]],
-        exc: BaseException,
-    ) -> None:
-        """Nothing of the batch was written. Callers waiting for it see the error (their
-        requests stay in the journal, so a restart settles them at their recovery charge);
-        requests already answered are queued again and retried, backing off."""
-        log.error("writing a batch of %d settlements failed: %s", len(queued), exc)
-        error = exc if isinstance(exc, Exception) else RuntimeError("settlement interrupted")
-        for entry in queued:
-            if entry.done is not None:
-                entry.open.lease.pending -= entry.item.charge_nanos
-                self._waiting -= 1
-                if not entry.done.done():
-                    entry.done.set_exception(error)
-        again = [entry for entry in queued if entry.done is None]
-        if again:
-            self._queue[:0] = again
-            self._retry_delay = min(max(2 * self._retry_delay, RETRY_FIRST), RETRY_MAX)
-            self._schedule(self._retry_delay)
-
     # --- giving leases back -------------------------------------------------------------------
 
-    def _idle(self, lease: _Lease) -> None:
+    def _idle(self, lease: Lease) -> None:
         if lease.idle_timer is not None:
             lease.idle_timer.cancel()
         loop = asyncio.get_running_loop()
@@ -481,7 +315,7 @@ class CreditLeases:
             self.linger, lambda: loop.create_task(self._release_if_idle(lease))
         )
 
-    async def _release_if_idle(self, lease: _Lease) -> None:
+    async def _release_if_idle(self, lease: Lease) -> None:
         lease.idle_timer = None
         if lease.count or lease.pending or lease.growing is not None:
             return
