@@ -84,6 +84,25 @@ async def test_a_failing_operation_is_undone_alone(db: Path) -> None:
         writer.close()
 
 
+async def test_close_right_after_a_refused_operation_commits_once_and_logs_nothing(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The refused operation leaves its group open, its commit scheduled on the loop; `close`
+    # commits it first (a shutdown), and the scheduled commit then finds nothing to do.
+    writer = LoopWriter(str(db), asyncio.get_running_loop())
+
+    def refused(conn: sqlite3.Connection) -> None:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await writer.run(refused)
+    writer.close()
+    await asyncio.sleep(0.01)  # the commit scheduled by the group runs now
+    assert writer.commits == 1
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in caplog.text
+
+
 async def test_a_cancelled_caller_does_not_cancel_the_groups_commit(db: Path) -> None:
     writer = LoopWriter(str(db), asyncio.get_running_loop())
     try:

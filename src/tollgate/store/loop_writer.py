@@ -133,7 +133,8 @@ class LoopWriter:
 
     def _finish_group(self) -> None:
         waiters, self._waiters = self._waiters, None
-        assert waiters is not None and self._conn is not None
+        if waiters is None or self._conn is None:
+            return  # `close` committed this group already (and may have closed the connection)
         try:
             self._conn.execute("COMMIT")
         except BaseException as exc:
