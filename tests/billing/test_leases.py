@@ -313,3 +313,24 @@ async def test_a_lone_settlement_is_not_delayed(env: Leased) -> None:
     result = await asyncio.wait_for(ledger.settle(alone, 1), timeout=2.0)  # type: ignore[arg-type]
     assert result.state == "settled"
     await leases.close()
+
+
+async def test_after_an_overshoot_the_lease_still_covers_the_requests_in_flight(
+    env: Leased,
+) -> None:
+    # Found by the stateful test: the overshoot's charge took the whole lease, so the books
+    # stopped counting B, and another process could admit credit B would still spend.
+    account_id = await new_account(env.store, 1_000)
+    a = await hold(env.ledger, account_id, 10)  # the lease grows to 10 + 64 x 10 = 650
+    b = await hold(env.ledger, account_id, 600)
+    settled = await env.ledger.settle(a, 700)  # type: ignore[arg-type]  # 690 above its hold
+    assert settled.overshoot_nanos == 690
+    books = await check_invariants(env.store, account_id)
+    assert (books.balance_nanos, books.leased_nanos) == (300, 600)  # B is still covered
+    assert await env.ledger.available(account_id) == 300 - 600  # as on the hold path
+    with pytest.raises(InsufficientBalance):
+        await env.another_process().hold(account_id, "other", 300, forwarded=True)
+    await env.ledger.settle(b, 100)  # type: ignore[arg-type]
+    await env.leases.close()
+    books = await check_invariants(env.store, account_id)
+    assert (books.balance_nanos, books.leased_nanos) == (200, 0)

@@ -126,7 +126,11 @@ class SettlementBatches:
         groups = []
         for lease_id, (lease, entries) in by_lease.items():
             total = sum(q.item.charge_nanos for q in entries)
-            cut = min(total, max(0, lease.amount))
+            # The charges come out of the lease, but never what it must keep for the requests
+            # still in flight and the charges queued after this batch: after an overshoot the
+            # excess comes out of the balance alone, so the books still count those requests.
+            keep = lease.in_flight + lease.pending - total
+            cut = min(total, max(0, lease.amount - keep))
             groups.append((lease_id, lease.account_id, [q.item for q in entries], cut))
         now = stamp(self.clock())
         try:
