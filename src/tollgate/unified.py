@@ -49,6 +49,7 @@ from tollgate.pipeline import (
     authenticate,
     enter_gateway,
     parse_json_object,
+    resolve_gateway,
 )
 from tollgate.providers.base import NeedsFetch, ProviderAdapter, UpstreamCall
 from tollgate.providers.registry import PROVIDERS, ProviderRow, provider_for_model
@@ -316,7 +317,10 @@ async def list_models(
 ) -> None:
     """`GET /compat/models`: every priced model as `provider/model`, in OpenAI's list format."""
     inbound = split_credentials(request.headers, request.query)
-    await authenticate(services, request.account_id, inbound)
+    if await authenticate(services, request.account_id, inbound) is None:
+        # A provider key alone, as on every data-plane route: only on an existing gateway with
+        # authentication off (else 401 `missing_token`). Never creates the gateway.
+        await resolve_gateway(services, request.account_id, request.gateway_id, None, inbound)
     data = [
         {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
         for model in services.catalog.models()
