@@ -51,7 +51,15 @@ _SECRET_QUERY = re.compile(r"([?&](?:key|api_key|api-key)=)[^&#\s]*", re.IGNOREC
 _ACCESS_LOGGER = "uvicorn.access"
 # Alembic says "Context impl SQLiteImpl." at every start and on every `/readyz` (which reads the
 # schema's revision): warnings only. `tollgate migrate` shows the migrations it applies.
-_QUIET: dict[str, Any] = {"alembic": {"level": "WARNING"}}
+# At debug, aiosqlite logs every statement with its parameters (twice): logged bodies and the
+# credentials an account stores (custom provider headers, OpenTelemetry exporters) would reach
+# the log in clear; stripe logs every response body, PaymentIntents' client secrets included,
+# which Stripe says never to log. `log_level = "debug"` is for tollgate's own lines.
+_QUIET: dict[str, Any] = {
+    "alembic": {"level": "WARNING"},
+    "aiosqlite": {"level": "INFO"},
+    "stripe": {"level": "INFO"},
+}
 
 
 class RequestFields(logging.Filter):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -9,7 +11,7 @@ from starlette.types import Message
 
 from tollgate.errors import InvalidRequest
 from tollgate.features.context import RequestContext
-from tollgate.features.logs import LogCapture
+from tollgate.features.logs import LogCapture, without_credentials
 from tollgate.gateway_config import default_gateway_config
 from tollgate.store.models import GatewayRecord
 
@@ -114,3 +116,54 @@ def test_a_bad_collect_header_is_refused_naming_it(name: bytes) -> None:
     with pytest.raises(InvalidRequest, match=name.decode()) as refused:
         make_capture([], [(name, b"yes")])
     assert refused.value.status == 400
+
+
+# A Universal body: each step's credentials in every form tollgate reads (SECRET marks them all).
+UNIVERSAL_BODY = (
+    b'[{"provider":"openai","endpoint":"chat/completions","headers":{"Authorization":'
+    b'"Bearer SECRET-1\\"x","x-api-key" : "SECRET-2","x-goog-api-key":"SECRET-3",'
+    b'"api-key":"SECRET-4","cf-aig-authorization":"Bearer SECRET-5","x-team":"ml"},'
+    b'"query":{"model":"m","messages":[]}},{"provider":"google-ai-studio","authorization":'
+    b'"Bearer SECRET-6","endpoint":"v1beta/models/g:generateContent?alt=sse&key=SECRET-7&x=1",'
+    b'"query":{}}]'
+)
+
+
+def test_a_universal_log_keeps_the_body_without_its_credentials() -> None:
+    kept = json.loads(without_credentials(UNIVERSAL_BODY))
+
+    assert kept[0]["headers"] == {
+        "Authorization": "REDACTED",
+        "x-api-key": "REDACTED",
+        "x-goog-api-key": "REDACTED",
+        "api-key": "REDACTED",
+        "cf-aig-authorization": "REDACTED",
+        "x-team": "ml",
+    }
+    assert kept[0]["query"] == {"model": "m", "messages": []}
+    assert kept[1]["authorization"] == "REDACTED"
+    assert kept[1]["endpoint"] == "v1beta/models/g:generateContent?alt=sse&key=REDACTED&x=1"
+
+
+def test_a_universal_body_cut_anywhere_keeps_no_part_of_a_credential() -> None:
+    # A body longer than logs.body_max_bytes is cut: a value cut short is redacted too.
+    for end in range(len(UNIVERSAL_BODY) + 1):
+        assert b"SEC" not in without_credentials(UNIVERSAL_BODY[:end]), end
+
+
+async def test_only_universal_requests_have_their_bodies_redacted() -> None:
+    for request_type, expected in [("universal", b'"REDACTED"'), ("native", b"SECRET-2")]:
+        capture = LogCapture(
+            RequestContext(ACCOUNT, "default"),
+            [(b"content-type", b"application/json")],
+            lambda message: asyncio.sleep(0),
+            lambda: asyncio.sleep(0, {"type": "http.request", "body": UNIVERSAL_BODY}),
+            request_type=request_type,
+            path="",
+            cap=len(UNIVERSAL_BODY),
+        )
+        capture.ctx.gateway = gateway()
+        await capture.receive()
+        record = capture.record()
+        assert record.request_body is not None and expected in record.request_body
+        assert record.request_size == len(UNIVERSAL_BODY)

@@ -55,6 +55,24 @@ COUNT_REFRESH_SECONDS = 60.0
 COLLECT_LOG = b"cf-aig-collect-log"
 COLLECT_PAYLOAD = b"cf-aig-collect-log-payload"
 _GOOGLE_MODEL = re.compile(r"models/([^/:]+):")
+# A Universal request's body carries each step's headers (provider keys, tollgate tokens) and may
+# carry a Google key in a step's `endpoint` (`?key=`): its log keeps the body with those values
+# replaced. Matched on the bytes rather than parsed: a body cut at `body_max_bytes` is no valid
+# JSON, and a value it cuts short (up to the end) must not be kept either.
+_CREDENTIAL_FIELD = re.compile(
+    rb'("(?:authorization|proxy-authorization|cf-aig-authorization|x-api-key|x-goog-api-key'
+    rb'|api-key)"\s*:\s*")(?:[^"\\]|\\.)*(?:"|\\?\Z)',
+    re.IGNORECASE,
+)
+_CREDENTIAL_QUERY = re.compile(rb"([?&](?:key|api_key|api-key)=)[^&#\"\s\\]*", re.IGNORECASE)
+_REDACTED = b"REDACTED"
+
+
+def without_credentials(body: bytes) -> bytes:
+    """A Universal request body as its log keeps it: credential header values and `key=` query
+    parameters replaced by REDACTED."""
+    body = _CREDENTIAL_FIELD.sub(rb"\g<1>" + _REDACTED + b'"', body)
+    return _CREDENTIAL_QUERY.sub(rb"\g<1>" + _REDACTED, body)
 
 
 def native_model(path: str, parsed: dict[str, object] | None) -> str | None:
@@ -189,11 +207,17 @@ class LogCapture:
             request_size=self.request_size,
             response_size=self.response_size,
             payload_collected=self.collect_payload,
-            request_body=b"".join(self._request_parts) if self.collect_payload else None,
+            request_body=self._request_body(),
             request_complete=self.request_size <= self._cap,
             response_body=b"".join(self._response_parts) if self.collect_payload else None,
             response_complete=self.response_size <= self._cap,
         )
+
+    def _request_body(self) -> bytes | None:
+        if not self.collect_payload:
+            return None
+        body = b"".join(self._request_parts)
+        return without_credentials(body) if self.request_type == "universal" else body
 
     def _header(self, name: bytes, limit: int) -> str | None:
         for key, value in self.headers:
