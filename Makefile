@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint docs bench clean
+.PHONY: install run test fuzz lint docs bench bench-scaling clean
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ run: install
 test: install
 	$(BIN)/pytest -n 2 --dist loadgroup
 
+# The nightly fuzz: tests/fuzz with more generated requests per operation than `make test`'s
+# 200, on SQLite and on PostgreSQL. FUZZ_EXAMPLES=n sets the count; the per-test timeout is
+# off, since one operation's run can outlast it.
+FUZZ_EXAMPLES ?= 1000
+FUZZ := TOLLGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -n 2 --timeout 0 tests/fuzz
+fuzz: install
+	$(FUZZ)
+	TOLLGATE_FUZZ_DATABASE=postgresql $(FUZZ)
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -34,6 +43,10 @@ docs: install
 
 bench: install
 	bash bench/run.sh
+
+# The scaling curve: 1, 2, 4 workers x 1, 10, 1,000 accounts (bench/scaling.py; not in `bench`).
+bench-scaling: install
+	BENCH_ONLY=scaling bash bench/run.sh
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

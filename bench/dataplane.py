@@ -220,9 +220,13 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def wait_until(
-    ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, what: str
+    ready: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    what: str,
+    timeout: float = 60,
 ) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}; log {log}:\n{tail(log)}")
@@ -230,7 +234,7 @@ def wait_until(
             if ready():
                 return
         time.sleep(0.1)
-    raise SystemExit(f"{what} did not become ready in 60 s; log {log}:\n{tail(log)}")
+    raise SystemExit(f"{what} did not become ready in {timeout:.0f} s; log {log}:\n{tail(log)}")
 
 
 def start_nginx(procs: Processes, port: int) -> subprocess.Popen[bytes]:
@@ -388,13 +392,21 @@ def wrk(
     connections: int,
     seconds: int,
     meter: CpuMeter,
+    *,
+    script: Path | None = None,
+    threads: int = 1,
+    pinned: bool = True,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One wrk run (`-t1 -c<connections>`, pinned to the load CPU) with bench/post.lua: its
-    JSON result plus `rps`, `cpu` (CpuMeter.usage), `gateway_cpu_us_per_req` and `failed`."""
-    argv = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}"]
-    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    """One wrk run (`-t<threads> -c<connections>`, pinned to the load CPU unless `pinned` is
+    False) with `script` (bench/post.lua by default, or a script that runs it: it prints the
+    result), `extra_env` added to its environment: its JSON result plus `rps`, `cpu`
+    (CpuMeter.usage), `gateway_cpu_us_per_req` and `failed`."""
+    argv = ["taskset", "-c", str(LOAD_CPU)] if pinned else []
+    argv += ["wrk", f"-t{threads}", f"-c{connections}"]
+    argv += [f"-d{seconds}s", "--timeout", "10s", "-s", str(script or LUA), url]
     lines = "".join(f"{name}: {value}\n" for name, value in headers.items())
-    env = {**os.environ, "BENCH_BODY": body, "BENCH_HEADERS": lines}
+    env = {**os.environ, **(extra_env or {}), "BENCH_BODY": body, "BENCH_HEADERS": lines}
     before = meter.snapshot()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
     cpu = CpuMeter.usage(before, meter.snapshot())

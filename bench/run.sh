@@ -2,16 +2,17 @@
 # `make bench`: install the tools (nginx, wrk, LiteLLM), then run the benchmarks one after the
 # other: bench/dataplane.py (gateway against direct calls and LiteLLM), bench/translation.py
 # (Unified API against native endpoints), bench/cache.py (cache hits against misses) and
-# bench/logs.py (logs on against off). BENCH_ONLY=<one of those names> runs one of them.
+# bench/logs.py (logs on against off). BENCH_ONLY=<one of those names> runs one of them;
+# BENCH_ONLY=scaling runs bench/scaling.py (workers x accounts), which `make bench` leaves out.
 # Options are environment variables; see bench/README.md. Extra arguments go to each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${BENCH_ONLY:-}" in
     "") benches=(dataplane translation cache logs) ;;
-    dataplane | translation | cache | logs) benches=("$BENCH_ONLY") ;;
+    dataplane | translation | cache | logs | scaling) benches=("$BENCH_ONLY") ;;
     *)
-        echo "BENCH_ONLY must be 'dataplane', 'translation', 'cache' or 'logs' (or unset for all)" >&2
+        echo "BENCH_ONLY must be 'dataplane', 'translation', 'cache', 'logs' or 'scaling' (or unset for all but scaling)" >&2
         exit 2
         ;;
 esac

@@ -40,9 +40,11 @@ UPSTREAM_KEY = "sk-bench"
 CREDIT_CENTS = 100_000_000  # $1M: the benchmark must never run out of credit
 
 
-def build_settings(
+def gateway_env(
     data_dir: Path, upstream: str, stream_upstream: str | None, anthropic_upstream: str | None
-) -> Settings:
+) -> dict[str, str]:
+    """The TOLLGATE_* variables the benchmark's gateway runs with (also the environment of
+    bench/scaling.py's `tollgate serve --workers N`)."""
     env = {
         "TOLLGATE_DATABASE_URL": f"sqlite:///{data_dir / 'gw.db'}",
         "TOLLGATE_DATA_DIR": str(data_dir),
@@ -57,24 +59,39 @@ def build_settings(
     if anthropic_upstream:
         env["TOLLGATE_PROVIDERS__ANTHROPIC__BASE_URL"] = anthropic_upstream
         env["TOLLGATE_PROVIDERS__ANTHROPIC__API_KEY"] = UPSTREAM_KEY
-    return load_settings(env=env)
+    return env
+
+
+def build_settings(
+    data_dir: Path, upstream: str, stream_upstream: str | None, anthropic_upstream: str | None
+) -> Settings:
+    return load_settings(env=gateway_env(data_dir, upstream, stream_upstream, anthropic_upstream))
+
+
+async def seed_accounts(settings: Settings, count: int) -> list[dict[str, str]]:
+    """Create the schema and `count` accounts, each with credit and a `run` token; return
+    their ids and tokens (`{"account_id": ..., "token": ...}`), in creation order."""
+    store = Store(settings.database.url)
+    seeded = []
+    try:
+        await migrate(store)
+        for number in range(count):
+            account = await create_account(store, f"bench-{number}" if number else "bench")
+            _, token = await operator.issue_token(
+                store, account.id, name="bench", permissions=frozenset({"run"})
+            )
+            await operator.grant_credits(
+                store, account.id, amount_cents=CREDIT_CENTS, note="benchmark credit"
+            )
+            seeded.append({"account_id": account.id, "token": token})
+    finally:
+        await store.close()
+    return seeded
 
 
 async def seed(settings: Settings) -> dict[str, str]:
     """Create the schema, an account with credit and a `run` token; return them."""
-    store = Store(settings.database.url)
-    try:
-        await migrate(store)
-        account = await create_account(store, "bench")
-        _, token = await operator.issue_token(
-            store, account.id, name="bench", permissions=frozenset({"run"})
-        )
-        await operator.grant_credits(
-            store, account.id, amount_cents=CREDIT_CENTS, note="benchmark credit"
-        )
-    finally:
-        await store.close()
-    return {"account_id": account.id, "token": token}
+    return (await seed_accounts(settings, 1))[0]
 
 
 def main() -> None:

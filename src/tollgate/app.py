@@ -19,11 +19,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from tollgate.api.admin import admin_router
@@ -33,9 +35,11 @@ from tollgate.api.dataplane import DataPlane
 from tollgate.api.logs import logs_router
 from tollgate.api.management import management_router
 from tollgate.api.models import models_router
+from tollgate.api.openapi import install as install_openapi
 from tollgate.api.provider_configs import provider_configs_router
 from tollgate.api.render import admin_error_body, cloudflare_error_body, dumps, error_headers
 from tollgate.billing.maintenance import Maintenance
+from tollgate.cache_events import CacheEventPoller
 from tollgate.credentials import managed_targets
 from tollgate.dashboard import Dashboard
 from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
@@ -52,6 +56,12 @@ from tollgate.store.migrate import current_revision, migrate
 from tollgate.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+# How long the shutdown waits for requests still running (cut at the end of the grace period,
+# or served without one) to settle and log before it closes what they write to.
+FINISH_AT_SHUTDOWN_SECONDS = 10.0
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def _render_control_error(request: Request, error: GatewayError) -> Response:
@@ -74,11 +84,29 @@ def _validation_error(request: Request, exc: RequestValidationError) -> Response
     )
 
 
+def _allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405 (RFC 9110 requires one): every method served at the path.
+
+    Starlette's own names only the methods of the first route whose path matched, and FastAPI
+    adds one route per method, so it would say `GET` where `GET, POST` are served. Each method
+    is tried against the router instead (routes nest inside included routers).
+    """
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """Unknown routes and methods, in the surface's own error format."""
     error: GatewayError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}.",
+            headers={"Allow": _allowed_methods(request)},
+        )
     else:
         error = NotFound(
             f"No such endpoint: {request.method} {request.url.path}. See /openapi.json.",
@@ -100,6 +128,7 @@ def _control_app(services: Services) -> FastAPI:
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     control.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    install_openapi(control)  # every status and error body, in /openapi.json (api/openapi.py)
 
     @control.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -213,18 +242,28 @@ class TollgateApp:
         # Called once start-up is complete (the CLI prints the sandbox banner with it).
         self.announce: Callable[[Services, SandboxCredentials | None], None] | None = None
         self.sandbox_credentials: SandboxCredentials | None = None
+        # True for a worker of `tollgate serve --workers N`: sibling processes share the database
+        # while it starts (serve_workers.py), so its start-up recovery is that of a shared one.
+        self.shares_database = False
+        self._requests: set[asyncio.Task[Any] | None] = set()  # the requests being served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            await self.dataplane(scope, receive, send)
-        elif scope["type"] == "http" and _is_rest_inference(scope["path"]):
-            await self.dataplane.rest(scope, receive, send)
-        elif scope["type"] == "http" and _is_dashboard(scope["path"]):
-            await self.dashboard(scope, receive, send)
-        elif scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        else:
-            await self.control(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        self._requests.add(task)  # until it has settled and logged: see `_let_requests_finish`
+        try:
+            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+                await self.dataplane(scope, receive, send)
+            elif scope["type"] == "http" and _is_rest_inference(scope["path"]):
+                await self.dataplane.rest(scope, receive, send)
+            elif scope["type"] == "http" and _is_dashboard(scope["path"]):
+                await self.dashboard(scope, receive, send)
+            else:
+                await self.control(scope, receive, send)
+        finally:
+            self._requests.discard(task)
 
     async def startup(self) -> None:
         stack = contextlib.AsyncExitStack()
@@ -232,6 +271,11 @@ class TollgateApp:
         services = self.services
         await migrate(services.store)
         stack.push_async_callback(services.store.close)
+        # Other processes' changes to what this one caches (revoked tokens, gateways, ...),
+        # applied by a background task; started before anything is cached (cache_events.py).
+        poller = CacheEventPoller.from_settings(services)
+        if poller is not None:
+            stack.push_async_callback((await poller.start()).aclose)
         # The request log writer: stopped after everything else, so the logs of the last
         # requests are flushed before the store closes (features/logs.py).
         services.logs.start()
@@ -279,15 +323,41 @@ class TollgateApp:
         """Resolve holds a crashed process left open (the policy is in billing/ledger.py).
 
         One process on SQLite is the database's only user, so every open hold at start-up is
-        abandoned; with PostgreSQL other processes may be mid-request, so only expired ones are.
+        abandoned; with PostgreSQL, or a worker whose siblings may be mid-request, only expired
+        ones are (`tollgate serve --workers N` resolves the rest once, before its workers start).
         """
-        sole_user = self.services.store.dialect == "sqlite"
+        sole_user = self.services.store.dialect == "sqlite" and not self.shares_database
         await self.services.ledger.recover(all_open=sole_user)
 
     async def shutdown(self) -> None:
+        await self._let_requests_finish()
         if self._exit_stack is not None:
+            # Those cut while waiting for their upstream never settled: before the leases close.
+            await self.services.meter.settle_abandoned()
             await self._exit_stack.aclose()
             self._exit_stack = None
+
+    async def _let_requests_finish(self) -> None:
+        """Wait (up to `FINISH_AT_SHUTDOWN_SECONDS`) for the requests still running.
+
+        uvicorn shuts the application down as soon as its grace period (`server.
+        shutdown_grace_seconds`) is over, right after cancelling the requests still running
+        then: long streams. Each is settling its hold and queueing its log as it unwinds (the
+        relay's `finally`), which takes database writes; closing the leases, the log writer and
+        the store under them would leave their holds open until crash recovery and lose their
+        logs (seen with a database slow to answer at that moment).
+        """
+        running = [task for task in self._requests if task is not None and not task.done()]
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=FINISH_AT_SHUTDOWN_SECONDS)
+        if late:
+            log.warning(
+                "%d requests still running %.0f s into the shutdown; closing anyway (their holds "
+                "are settled at their hold-time estimates)",
+                len(late),
+                FINISH_AT_SHUTDOWN_SECONDS,
+            )
 
     async def __aenter__(self) -> TollgateApp:
         await self.startup()

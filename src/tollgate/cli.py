@@ -9,6 +9,10 @@ in `cli_*.py` modules and are registered here. Exit codes and error output are d
 from __future__ import annotations
 
 import logging
+import logging.config
+import signal
+import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -68,6 +72,20 @@ PortOption = Annotated[
     int | None,
     typer.Option("--port", min=0, max=65535, help="Port to listen on.", show_default=False),
 ]
+
+
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=64,
+        help="Gateway processes sharing the port (default: server.workers, 1).",
+        show_default=False,
+    ),
+]
+# Set by the supervisor of `--workers N` on each worker it starts (serve_workers.py).
+WorkerOption = Annotated[bool, typer.Option("--worker", hidden=True)]
 
 
 def main() -> None:
@@ -135,12 +153,27 @@ def sandbox_banner(url: str, creds: SandboxCredentials) -> str:
 
 
 @app.command()
-def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption = None) -> None:
-    """Run the gateway (uvicorn with uvloop and httptools, one worker)."""
+def serve(
+    config: ConfigOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    workers: WorkersOption = None,
+    worker: WorkerOption = False,
+) -> None:
+    """Run the gateway (uvicorn with uvloop and httptools; one process per worker)."""
     from tollgate.app import create_app
     from tollgate.http_protocol import http_options
 
-    settings = settings_with(config, TOLLGATE_SERVER__HOST=host, TOLLGATE_SERVER__PORT=port)
+    overrides: dict[str, object | None] = {
+        "TOLLGATE_SERVER__HOST": host,
+        "TOLLGATE_SERVER__PORT": port,
+        "TOLLGATE_SERVER__WORKERS": workers,
+    }
+    settings = settings_with(config, **overrides)
+    logging.captureWarnings(True)  # Python's warnings go through the log, in its format
+    if not worker and settings.server.workers > 1:
+        _supervise_workers(settings, config, overrides)
+        return
     application = create_app(settings)
     server_config = uvicorn.Config(
         application,
@@ -152,13 +185,22 @@ def serve(config: ConfigOption = None, host: HostOption = None, port: PortOption
         **http_options(settings.server),
         lifespan="on",
         workers=1,
+        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,
         log_level=settings.log_level,
         # text or one JSON object per line, each tagged with its request's id (log_output.py)
         log_config=log_config(settings.log_level, settings.log_format),
     )
-    logging.captureWarnings(True)  # Python's warnings go through the log, in its format
     try:
-        _run_server(application, server_config, settings)
+        if worker:  # one of `--workers N`: its own socket on the supervisor's port
+            from tollgate.serve_workers import bind_shared
+
+            application.shares_database = True
+            # Not listening yet: uvicorn listens once start-up is over, so no connection waits
+            # in this worker's queue while it starts (or is lost if start-up fails).
+            port = settings.server.port
+            _run_uvicorn(server_config, [bind_shared(settings.server.host, port)])
+        else:
+            _run_server(application, server_config, settings)
     except SystemExit as exc:  # uvicorn exits 3 when it cannot bind; ours is 1 for any failure
         if exc.code not in (0, None):
             fail("the gateway did not start; the log above says why", EXIT_FAILURE)
@@ -178,10 +220,57 @@ def _run_server(
             print(sandbox_banner(url, creds), flush=True)
 
     application.announce = announce
+    _run_uvicorn(server_config, sockets)
+
+
+def _run_uvicorn(server_config: uvicorn.Config, sockets: list[socket.socket] | None) -> None:
     server = uvicorn.Server(server_config)
-    server.run(sockets=sockets)
+    # uvicorn re-raises the SIGTERM it drained on once it is done, so the process would die of
+    # it (status 143); a drained gateway exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:  # the lifespan failed (e.g. the database is unreachable)
         fail("the gateway did not start; the log above says why", EXIT_FAILURE)
+
+
+def _supervise_workers(
+    settings: Settings, config: Path | None, overrides: dict[str, object | None]
+) -> None:
+    """`--workers N`: bind, do the once-only start-up work, then run and watch N workers."""
+    from tollgate.serve_workers import (
+        Supervisor,
+        claim_port,
+        prepare,
+        worker_command,
+        worker_env,
+    )
+
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    host = settings.server.host
+    try:  # kept (not listening) while the supervisor runs, so the port stays ours
+        claim = claim_port(host, settings.server.port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{settings.server.port}: {exc.strerror}", EXIT_FAILURE)
+    port = claim.getsockname()[1]
+    try:
+        creds = prepare(settings)
+    except Exception as exc:
+        logging.getLogger("tollgate.workers").error("start-up failed: %r", exc)
+        fail("the gateway did not start; the log above says why", EXIT_FAILURE)
+    url = public_url(settings, port)
+    if creds is not None:
+        print(sandbox_banner(url, creds), flush=True)
+    print(f"tollgate: {settings.server.workers} workers serving {url}", flush=True)
+    supervisor = Supervisor(
+        settings.server.workers,
+        worker_command(port, str(config) if config else None),
+        worker_env(overrides),
+    )
+    if supervisor.run() != 0:
+        fail("the gateway workers kept failing; the log above says why", EXIT_FAILURE)
 
 
 # --- migrate --------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ clean 502 rather than half a JSON document under a 200, and its cost can go in t
 A stream's cost is known only at its end: on OpenAI and Anthropic streams it follows as an SSE
 comment (`: cf-aig-cost=...`), which their clients ignore; google-genai's parser rejects comment
 lines, so Gemini streams carry none (the cost is in the request's log).
+
+A stream that breaks (a reset, a close mid-chunk), or that the upstream ends before the answer's
+end (`UsageObserver.finished`: no finish chunk, no `message_delta`), gets one in-band `error`
+event from the gateway, so the client's SDK raises rather than take a partial answer for a whole
+one. Its charge is estimated by the meter, unless the answer's end, and so its final usage, came
+before the break.
 """
 
 from __future__ import annotations
@@ -46,23 +52,34 @@ async def relay(
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     watcher = asyncio.ensure_future(close_on_disconnect(receive, response))
     tail = b""
-    broken = False
+    ended = True  # the upstream closed the stream itself (not a reset, not the client leaving)
     try:
         async for chunk in response.chunks():
             out = watch.feed(chunk) if watch is not None else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
     except UpstreamStreamBroken as exc:
-        broken = True  # any usage seen so far may be partial: the meter estimates
+        ended = False
         if not watcher.done():
             tail = _stream_error_event(str(exc))
     finally:
         watcher.cancel()
         response.release()
         if watch is not None:
+            finished = watch.observer.finished if response.status < 400 else None
+            if ended and finished is False and not watcher.done():
+                # A clean end before the answer's: without this the SDKs would take the
+                # partial answer for a whole one. Closing marks it cut short, as a break or a
+                # client that left does, so the response cache does not keep it either.
+                tail = _stream_error_event(_ENDED_EARLY)
+                response.close()
             tail = watch.tail() + tail
+            # The usage is whole once the answer's end was seen, even if the connection broke
+            # after it; else only if the upstream ended the stream itself. A partial usage
+            # (Anthropic's message_start) is estimated by the meter.
+            complete = finished if finished is not None else ended
             usage = watch.observer.usage
-            settlement = await watch.finish(response.status, usage, complete=not broken)
+            settlement = await watch.finish(response.status, usage, complete=complete)
             if watch.cost_comment and response.content_type.startswith(b"text/event-stream"):
                 tail += sse_cost_comment(settlement)
     await send({"type": "http.response.body", "body": tail})
@@ -97,13 +114,19 @@ async def close_on_disconnect(receive: Receive, response: UpstreamResponse) -> N
     response.close()  # stops the relay loop and frees the upstream connection
 
 
+_ENDED_EARLY = "the upstream ended it before the end of the answer"
+
+
 def _stream_error_event(cause: str) -> bytes:
+    """An in-band error both SDKs raise: Anthropic's `error` event (`type: error`), which the
+    OpenAI SDK reads by its `error` object."""
     error = {
+        "type": "error",
         "error": {
             "message": f"The upstream stream broke before it finished: {cause}",
             "type": "api_error",
             "code": "upstream_stream_broken",
-        }
+        },
     }
     return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
 

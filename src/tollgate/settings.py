@@ -57,6 +57,11 @@ class ServerSettings(BaseModel):
     # An idle kept-alive connection is closed after this; behind a load balancer, set it above
     # the balancer's own idle timeout.
     keep_alive_timeout_seconds: float = Field(5.0, gt=0, le=3600)
+    # `tollgate serve` runs this many gateway processes on one listening socket (serve_workers.py).
+    workers: int = Field(1, ge=1, le=64)
+    # On SIGTERM the server stops accepting, lets requests and streams in flight finish for up
+    # to this long, then closes what is left; the settlements and logs are written either way.
+    shutdown_grace_seconds: int = Field(30, ge=0, le=3600)
 
 
 class DatabaseSettings(BaseModel):
@@ -66,6 +71,10 @@ class DatabaseSettings(BaseModel):
     # an OS crash or power loss could lose (store/loop_writer.py). A killed process loses nothing.
     # 0.1 s: measured shorter stalls than 1 s at the same CPU (docs/operations.md, sizing).
     wal_sync_interval_seconds: float = Field(0.1, gt=0, le=60)
+    # How often each process reads the changes other processes (and the CLI) made to what it
+    # caches: revoked tokens, gateways, custom providers, ... (tollgate/cache_events.py). 0 turns
+    # it off; those changes are then seen only when the cache entries expire (up to 10 s).
+    cache_events_poll_seconds: float = Field(0.25, ge=0, le=5)
 
     @field_validator("url")
     @classmethod

@@ -67,11 +67,27 @@ MEANINGS: dict[str, str] = {
         "idle kept-alive connections are closed after this; behind a load balancer, set it "
         "above the balancer's idle timeout"
     ),
+    "server.workers": (
+        "gateway processes `tollgate serve` runs on its port (`--workers` overrides it); "
+        "each has its own event loop and core "
+        "(see [operations.md](operations.md#multiple-processes))"
+    ),
+    "server.shutdown_grace_seconds": (
+        "on SIGTERM, requests and streams in flight get this long to finish before their "
+        "connections are closed; their charges and logs are written either way"
+    ),
     "database.url": "`sqlite:///path` or `postgresql://user@host/db`",
     "database.wal_sync_interval_seconds": (
         "SQLite: how often the WAL of the ledger's holds and settlements is synced to disk. "
         "A killed process loses nothing; an OS crash or power loss can lose at most this "
         "many seconds of them (see [operations.md](operations.md#databases))"
+    ),
+    "database.cache_events_poll_seconds": (
+        "how often each gateway process applies the changes other processes and the CLI made "
+        "to what it caches (a revoked token, a gateway's settings, ...); such a change takes "
+        "effect everywhere within about this long. 0 turns it off: other processes then see "
+        "changes only when their cache entries expire, within 10 s (see "
+        "[operations.md](operations.md#tokens-and-caches))"
     ),
     "operator.admin_token": (
         "the operator's token for `/admin/v1`; in sandbox mode one is generated if unset"

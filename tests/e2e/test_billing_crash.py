@@ -26,230 +26,41 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
-import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import Sim, provider_env
-from tests.e2e.test_billing_cost import cost_comment, header_nanos, run_store
-from tests.support.accounts import Seeded, seed_account
-from tests.support.databases import fresh_postgres_database
-from tests.support.server import free_port
-from tollgate.billing.ledger import RECOVERY_NOTE, Ledger, check_invariants
-from tollgate.providers.registry import PROVIDERS
-from tollgate.store import Store
-from tollgate.store import holds as holds_repo
-from tollgate.store import ledger as ledger_repo
-from tollgate.store.holds import Hold
-from tollgate.store.journal import journal_dir, read_lines
-from tollgate.store.snapshot import AccountSnapshot
+from tests.e2e.conftest import Sim
+from tests.support.accounts import seed_account
+from tests.support.crash_books import (
+    MODEL,
+    complete,
+    hold_never_forwarded,
+    in_flight,
+    messages,
+    snapshot,
+    usage_entries,
+    wait_until_expired,
+)
+from tests.support.gateway_process import GatewayProcess, Target, gateway_target, kill_leftovers
+from tollgate.billing.ledger import RECOVERY_NOTE
 
-MODEL = "gpt-4o-mini"
 IN_FLIGHT = 4
 PG_HOLD_TTL = 3  # seconds: PostgreSQL start-up recovery waits for holds to expire
 SLOW = "[sim output-tokens=200 chunks=50 chunk-delay-ms=200]"  # about 10 s per stream
 
 
-@dataclass
-class Target:
-    database_url: str
-    env: dict[str, str]  # the gateway process's TOLLGATE_* settings
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def target(request: pytest.FixtureRequest, tmp_path: Path, sim: Sim) -> Iterator[Target]:
-    env = {
-        "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-        "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-        "TOLLGATE_LOG_LEVEL": "warning",
-        **provider_env(sim.url),
-    }
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'crash.db'}"
-        yield Target(url, {**env, "TOLLGATE_DATABASE_URL": url})
-        return
-    with fresh_postgres_database() as url:  # its own: the test checks every hold in it
-        yield Target(
-            url,
-            {
-                **env,
-                "TOLLGATE_DATABASE_URL": url,
-                "TOLLGATE_BILLING__HOLD_TTL_SECONDS": str(PG_HOLD_TTL),
-            },
-        )
-
-
-STARTED: list[subprocess.Popen[bytes]] = []  # killed after each test, whatever happened
+    with gateway_target(request.param, tmp_path, sim.url, pg_hold_ttl=PG_HOLD_TTL) as target:
+        yield target
 
 
 @pytest.fixture(autouse=True)
 def no_gateway_outlives_its_test() -> Iterator[None]:
     yield
-    while STARTED:
-        process = STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-
-
-class GatewayProcess:
-    """`python -m tollgate serve` as a child process, on a port of its own."""
-
-    def __init__(self, target: Target, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        keys = {row.key_env for row in PROVIDERS.values()}
-        inherited = {
-            k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_") and k not in keys
-        }
-        self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tollgate", "serve", "--port", str(self.port)],
-                env={**inherited, **target.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        STARTED.append(self.process)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the gateway exited at start-up:\n{self.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return  # start-up (with its recovery) is complete
-            time.sleep(0.05)
-        self.process.kill()
-        raise AssertionError(f"the gateway did not become ready:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        assert self.process.wait(timeout=30) == -signal.SIGKILL
-
-    def stop(self) -> None:
-        """A clean shutdown (uvicorn re-raises the SIGTERM it handled once it is done)."""
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=30) in (0, -signal.SIGTERM), self.tail()
-        assert "Traceback" not in self.log.read_text(errors="replace"), self.tail()
-
-    def client(self, account: Seeded) -> openai.OpenAI:
-        return openai.OpenAI(
-            api_key=account.token,
-            base_url=f"{self.url}/v1/{account.account_id}/default/openai",
-            max_retries=0,
-            timeout=30,
-        )
-
-
-def messages(text: str) -> Any:
-    return [{"role": "user", "content": text}]
-
-
-def complete(client: openai.OpenAI, *, stream: bool, prompt: str) -> int:
-    """One request to its end; returns the cost its client was shown, in nano-dollars."""
-    chat = client.chat.completions
-    if not stream:
-        raw = chat.with_raw_response.create(
-            model=MODEL, messages=messages(prompt), max_completion_tokens=40
-        )
-        assert raw.parse().choices[0].message.content
-        return header_nanos(raw.headers, "cf-aig-cost")
-    with chat.with_streaming_response.create(
-        model=MODEL, messages=messages(prompt), max_completion_tokens=40, stream=True
-    ) as response:
-        body = b"".join(response.iter_bytes())
-    cost, _remaining, estimated = cost_comment(body)
-    assert not estimated and b"data: [DONE]" in body
-    return cost
-
-
-def snapshot(database_url: str, account_id: str) -> tuple[AccountSnapshot, list[Hold]]:
-    """The account's books after `check_invariants` passed on them, and every open hold."""
-
-    async def read(store: Store) -> tuple[AccountSnapshot, list[Hold]]:
-        books = await check_invariants(store, account_id)
-        return books, await holds_repo.open_holds(store, expired_by=None, limit=1000)
-
-    return run_store(database_url, read)
-
-
-def usage_entries(database_url: str, account_id: str) -> list[Any]:
-    async def read(store: Store) -> list[Any]:
-        entries = await ledger_repo.list_entries(store, account_id, limit=10_000)
-        return [entry for entry in entries if entry.kind == "usage"]
-
-    return run_store(database_url, read)
-
-
-def hold_never_forwarded(target: Target, account_id: str) -> Hold:
-    """A hold whose request never reached the upstream, as the same Ledger API leaves it when a
-    process dies between holding and forwarding. (The gateway's meter holds and marks forwarded
-    in one write, so its own requests never are in that state; this covers the other branch of
-    the recovery policy in the same crash.)"""
-    ttl = timedelta(seconds=PG_HOLD_TTL)
-
-    async def hold(store: Store) -> Hold:
-        ledger = Ledger(store, hold_ttl=ttl)
-        return await ledger.hold(account_id, "crash-before-forwarding", 1_000_000, model=MODEL)
-
-    return run_store(target.database_url, hold)
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A forwarded request's hold, wherever it was recorded (a row, or a journal line)."""
-
-    id: str
-    amount_nanos: int
-    recovery_charge_nanos: int
-
-
-def in_flight(
-    target: Target, account_id: str, books: AccountSnapshot, open_holds: list[Hold]
-) -> list[InFlight]:
-    """The forwarded holds of requests in flight: open rows on PostgreSQL; on SQLite, the journal
-    lines of lease-admitted requests that have no hold row or `lease:` entry yet."""
-    rows = [
-        InFlight(h.id, h.amount_nanos, h.recovery_charge_nanos)
-        for h in open_holds
-        if h.forwarded_at is not None
-    ]
-    if "postgresql" in target.database_url:
-        return rows
-    directory = journal_dir(target.database_url.removeprefix("sqlite:///"))
-    lines = [a for path in sorted(directory.glob("*.jsonl")) for a in read_lines(path)]
-    stored = {hold.id for hold in books.holds}  # over: a hold row, or a `lease:` entry
-    stored |= {(e.reference or "").removeprefix("lease:") for e in books.entries}
-    journaled = [
-        InFlight(a.hold_id, a.amount_nanos, a.recovery_charge_nanos)
-        for a in lines
-        if a.account_id == account_id and a.hold_id not in stored
-    ]
-    return rows + journaled
-
-
-def wait_until_expired(holds: list[Hold]) -> None:
-    last = max(hold.expires_at for hold in holds)
-    while (left := (last - datetime.now(UTC)).total_seconds()) >= 0:
-        time.sleep(left + 0.1)
+    kill_leftovers()
 
 
 def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
@@ -278,9 +89,11 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
             readers.append(response.iter_lines())
             first_line = next(readers[-1])  # the upstream is answering: forwarded
             assert first_line.startswith("data: {"), first_line
-        unforwarded = hold_never_forwarded(target, account.account_id)
+        unforwarded = hold_never_forwarded(
+            target.database_url, account.account_id, ttl_seconds=PG_HOLD_TTL
+        )
         books_before, open_before = snapshot(target.database_url, account.account_id)
-        forwarded = in_flight(target, account.account_id, books_before, open_before)
+        forwarded = in_flight(target.database_url, account.account_id, books_before, open_before)
         assert len(forwarded) == IN_FLIGHT
         assert unforwarded.id in {h.id for h in open_before}
         first.kill()
@@ -290,8 +103,8 @@ def test_sigkill_mid_stream_then_restart_recovers_every_hold_exactly_once(
     books, still_open = snapshot(target.database_url, account.account_id)
     assert {h.id for h in still_open} == {h.id for h in open_before}
     assert books.held_nanos == sum(h.amount_nanos for h in open_before)
-    assert in_flight(target, account.account_id, books, still_open) == forwarded
-    if "postgresql" in target.database_url:
+    assert in_flight(target.database_url, account.account_id, books, still_open) == forwarded
+    if target.postgres:
         wait_until_expired(still_open)
 
     second = GatewayProcess(target, log)

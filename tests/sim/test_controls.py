@@ -357,3 +357,41 @@ def test_cache_write_1h_alone_is_the_total_on_the_responses_api(http: httpx.Clie
     )
     details = response.json()["usage"]["input_tokens_details"]
     assert details["cache_write_tokens"] == 5
+
+
+def test_omit_last_ends_a_stream_cleanly_without_its_closing_frames(http: httpx.Client) -> None:
+    body = {"model": "m", "max_tokens": 100, "stream": True, "messages": user("hello")}
+    whole = http.post("/anthropic/v1/messages", headers=ANTHROPIC_AUTH, json=body)
+    cut = http.post(
+        "/anthropic/v1/messages", headers={**ANTHROPIC_AUTH, "x-sim-omit-last": "2"}, json=body
+    )
+    assert cut.status_code == 200  # a clean end: the body is complete at the HTTP level
+    events = [json.loads(data)["type"] for data in sse_data(cut.text)]
+    assert events == [json.loads(data)["type"] for data in sse_data(whole.text)][:-2]
+    assert events[-1] == "content_block_stop"  # no message_delta (the usage), no message_stop
+
+    chat = {"model": "gpt-4o-mini", "stream": True, "messages": user("hello")}
+    done = http.post(
+        "/openai/v1/chat/completions", headers={**OPENAI_AUTH, "x-sim-omit-last": "1"}, json=chat
+    )
+    assert sse_data(done.text) and "[DONE]" not in sse_data(done.text)
+    assert json.loads(sse_data(done.text)[-1])["choices"][0]["finish_reason"] == "stop"
+
+
+def test_junk_lines_are_skipped_by_the_sdks(oai: openai.OpenAI, http: httpx.Client) -> None:
+    chat = {"model": "gpt-4o-mini", "stream": True, "messages": user("hello")}
+    raw = http.post(
+        "/openai/v1/chat/completions", headers={**OPENAI_AUTH, "x-sim-junk-lines": "2"}, json=chat
+    )
+    assert raw.text.count("<garbage>") == 2 * len(sse_data(raw.text))
+    text = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=user("hello"),
+            stream=True,
+            extra_headers={"x-sim-junk-lines": "2"},
+        )
+        if chunk.choices
+    )
+    assert text == "This is a simulated reply from gpt-4o-mini to: hello"

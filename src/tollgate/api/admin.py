@@ -40,6 +40,10 @@ from tollgate.store import tokens as token_repo
 # One grant is capped at $100M: far above any real grant, far below the BIGINT nano-dollar limit.
 MAX_GRANT_CENTS = 10_000_000_000
 PERMISSION_ORDER = ("run", "read", "edit")
+# Query bounds that keep the database's integers in range (a larger one was a 500): a page as
+# the v4 API's (`tollgate.api.envelope`), a ledger seq as the BIGINT column.
+MAX_PAGE = 10**9
+MAX_SEQ = 2**63 - 1
 
 # --- JSON shapes (shared with the CLI) ----------------------------------------------------------
 
@@ -282,7 +286,7 @@ def _account_routes(router: APIRouter, services: Services) -> None:
 
     @router.get("/accounts", response_model=None)
     async def list_accounts(
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Response:
         found = await account_repo.list_accounts(
@@ -353,7 +357,17 @@ def _token_routes(router: APIRouter, services: Services) -> None:
 def _credit_routes(router: APIRouter, services: Services) -> None:
     store = services.store
 
-    @router.post("/accounts/{account_id}/credits", status_code=201, response_model=None)
+    # 200: a grant whose `reference` was already used is not made again; its entry is returned.
+    replayed: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "The earlier grant with this reference, not made again",
+            "content": {"application/json": {"schema": {}}},
+        }
+    }
+
+    @router.post(
+        "/accounts/{account_id}/credits", status_code=201, response_model=None, responses=replayed
+    )
     async def grant_credits(account_id: str, body: GrantCredits) -> Response:
         entry, created = await operator.grant_credits(
             store,
@@ -368,7 +382,7 @@ def _credit_routes(router: APIRouter, services: Services) -> None:
     async def account_ledger(
         account_id: str,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_SEQ)] = None,
     ) -> Response:
         account = await operator.require_account(store, account_id)
         return _json(await ledger_page(store, account, limit=limit, before=before))

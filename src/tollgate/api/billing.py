@@ -436,6 +436,18 @@ def billing_router(services: Services, topups: TopUps | None = None) -> APIRoute
     return router
 
 
+# The handler reads the raw body itself (the signature covers its bytes); /openapi.json says so.
+_WEBHOOK_REQUEST: dict[str, Any] = {
+    "parameters": [
+        {"name": "Stripe-Signature", "in": "header", "required": True, "schema": {"type": "string"}}
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+}
+
+
 def stripe_webhook_router(services: Services, topups: TopUps | None = None) -> APIRouter:
     """`POST /stripe/webhook`, mounted at the root (no prefix). Stripe signs each delivery; the
     signature is verified on the raw body before anything is read or written."""
@@ -461,5 +473,11 @@ def stripe_webhook_router(services: Services, topups: TopUps | None = None) -> A
         body = orjson.dumps({"received": True, "result": outcome})
         return Response(body, media_type="application/json")
 
-    router.add_api_route("/stripe/webhook", stripe_webhook, methods=["POST"], summary="Stripe")
+    router.add_api_route(
+        "/stripe/webhook",
+        stripe_webhook,
+        methods=["POST"],
+        summary="Stripe",
+        openapi_extra=_WEBHOOK_REQUEST,
+    )
     return router

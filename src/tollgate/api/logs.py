@@ -23,6 +23,8 @@ JSON and as text otherwise; a log kept without its payload answers 404 `log_body
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -224,6 +226,18 @@ def _body_response(
     return Response(body, media_type=media, headers=headers)
 
 
+# The logged bodies are served as they were sent, not in the v4 envelope (`_body_response`).
+_RAW_BODY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The body as logged: JSON when it is complete JSON, else text",
+        "content": {
+            "application/json": {"schema": {}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
 def logs_router(services: Services) -> APIRouter:
     """The Logs API routes; mount under `/client/v4`."""
     routes = LogRoutes(services)
@@ -235,6 +249,7 @@ def logs_router(services: Services) -> APIRouter:
     add("/logs", routes.delete_logs, methods=["DELETE"], summary="Delete request logs")
     add("/logs/{id}", routes.get_log, methods=["GET"], summary="Fetch a request log")
     add("/logs/{id}", routes.edit_log, methods=["PATCH"], summary="Set feedback, score, metadata")
-    add("/logs/{id}/request", routes.request_body, methods=["GET"], summary="The request body")
-    add("/logs/{id}/response", routes.response_body, methods=["GET"], summary="The response body")
+    for part, handler in (("request", routes.request_body), ("response", routes.response_body)):
+        summary = f"The {part} body"
+        add(f"/logs/{{id}}/{part}", handler, methods=["GET"], summary=summary, responses=_RAW_BODY)
     return router

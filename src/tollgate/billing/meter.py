@@ -26,9 +26,11 @@ Settling: measured usage is charged at the catalog price. A call that produced n
 upstream error, a connection that failed before any byte) is released, never billed. A response
 that produced output but whose usage was never seen (the client went away mid-stream) is charged
 an estimate: the prompt estimate plus a quarter of the relayed bytes as output, flagged estimated.
-A stream that broke off (`complete=False`) may have shown only partial usage (Anthropic's
-`message_start` counts one output token): its input is kept as measured, its output is the larger
-of the count seen and that estimate, and the charge is flagged estimated.
+A stream that broke off before the answer's end (`complete=False`: the relay decides, see
+`tollgate.relay`) may have shown only partial usage (Anthropic's `message_start` counts one output
+token): its input is kept as measured, its output is the larger of the count seen and that
+estimate, and the charge is flagged estimated. An estimate never counts more output than the
+hold covers (`Admission.output_cap`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ BYTES_PER_OUTPUT_TOKEN = 4
 # must not hold credits forever; recovery then resolves it once its last expiry passes.
 KEEP_ALIVE_MAX_AGE = timedelta(hours=24)
 
+# The note of a request the server cut at shutdown before its upstream answered.
+SHUTDOWN_NOTE = "cut at shutdown: forwarded, never answered; charged the hold-time estimate"
+
 log = logging.getLogger(__name__)
 
 
@@ -86,6 +91,9 @@ class Admission:
     # The client's `cf-aig-custom-cost`: `price` already carries its rates; its total (if it
     # set one) is added to every cost of this request, held and settled alike.
     custom_cost: CustomCost | None = None
+    # The output the hold covers (the request's cap, the gateway's, or the model's maximum):
+    # an estimate never charges more output than this.
+    output_cap: int | None = None
 
     @property
     def flat_nanos(self) -> int:
@@ -213,6 +221,10 @@ class Meter:
                 account_id, gateway, price, prompt, capped, limits, unified, flat
             )
         self._in_flight[hold.id] = hold
+        if capped is not None:
+            held_output = capped
+        else:
+            held_output = int(ceiling) if output is None else output
         return Admission(
             hold,
             price,
@@ -224,6 +236,7 @@ class Meter:
             prompt.pro_search,
             ctx,
             custom,
+            held_output,
         )
 
     async def _hold(
@@ -304,6 +317,10 @@ class Meter:
             return await self.ledger.release(admission.hold, wait_for_commit=False)
         estimated = estimated or usage is None or not complete
         output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
+        if admission.output_cap is not None:
+            # Bytes / 4 overcounts small stream events many times over; the upstream could
+            # not have produced more than the request allowed.
+            output = min(output, admission.output_cap)
         if usage is None:
             usage = Usage(admission.prompt_estimate, output)
         elif not complete and usage.output_tokens < output:
@@ -334,6 +351,27 @@ class Meter:
         return admission.flat_nanos + self.catalog.cost(
             admission.provider, price, usage, off_peak=off_peak
         )
+
+    # --- shutdown: requests that ended without settling ------------------------------------------
+
+    async def settle_abandoned(self) -> int:
+        """At shutdown, once the requests are over: settle the holds of those that ended without
+        settling (cut at the end of the grace period while still waiting for their upstream) as
+        crash recovery would at the next start (`Ledger.recover`: forwarded, so charged the
+        hold-time estimate, flagged), so that no hold stays open and every lease can be given
+        back. Returns how many there were."""
+        abandoned = list(self._in_flight.values())
+        self._in_flight.clear()
+        for hold in abandoned:
+            try:
+                await self.ledger.settle(
+                    hold, hold.recovery_charge_nanos, estimated=True, note=SHUTDOWN_NOTE
+                )
+            except Exception:  # left open: the next start's recovery resolves it the same way
+                log.exception("settling the hold of a request cut at shutdown failed")
+        if abandoned:
+            log.warning("settled %d requests cut at shutdown at their estimates", len(abandoned))
+        return len(abandoned)
 
     # --- keep-alive: a request longer than the hold TTL must not be recovered mid-flight ---------
 

@@ -76,6 +76,7 @@ from tollgate.providers.base import (
     JSON,
     TRUNCATED_MESSAGE,
     JSONValueScanner,
+    MarkerScanner,
     ProviderAdapter,
     SSEStreamParser,
     UpstreamCall,
@@ -439,18 +440,28 @@ class AnthropicStreamParser(SSEStreamParser):
 
 
 class AnthropicUsageObserver:
-    """Pass-through usage: every `usage` object (message_start, message_delta) merged in order."""
+    """Pass-through usage: every `usage` object (message_start, message_delta) merged in order.
+    Finished at `message_delta`, which carries the stop reason and the final counts (before
+    it, `message_start` has counted one output token)."""
 
-    __slots__ = ("_merged", "_scanner")
+    __slots__ = ("_delta", "_merged", "_scanner")
 
     def __init__(self) -> None:
         self._scanner = JSONValueScanner("usage")
         self._merged: JSON = {}
+        # The event line, or the type in the data (a model's text cannot hold either: its
+        # newlines and quotes are escaped).
+        self._delta = MarkerScanner((b"\nevent: message_delta", b'"type":"message_delta"'))
 
     def feed(self, chunk: bytes) -> None:
         for found in self._scanner.feed(chunk):
             self._merged.update(found)
+        self._delta.feed(chunk)
 
     @property
     def usage(self) -> Usage | None:
         return usage_from_response({"usage": self._merged}) if self._merged else None
+
+    @property
+    def finished(self) -> bool:
+        return self._delta.found

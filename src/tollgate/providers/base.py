@@ -88,6 +88,14 @@ class UsageObserver(Protocol):
         """The usage seen so far (None until the stream reported any)."""
         ...
 
+    @property
+    def finished(self) -> bool | None:
+        """Whether the answer's end was seen (OpenAI's finish chunk, Anthropic's
+        `message_delta`): what follows it is the final usage or nothing, so a break after it
+        lost nothing billable, and a stream that ends without it was cut short. None when the
+        format has no such event in its bytes (Gemini: a clean end is the end)."""
+        ...
+
 
 class ProviderAdapter(Protocol):
     name: str
@@ -228,23 +236,57 @@ class SSEStreamParser:
 class LastValueUsageObserver:
     """Pass-through usage: the last non-null `key` object in the raw stream, converted by
     `convert` (for providers whose every usage object is cumulative: OpenAI chat and Responses,
-    Gemini). Works on SSE and JSON-array streams alike: it scans bytes, not events."""
+    Gemini). Works on SSE and JSON-array streams alike: it scans bytes, not events.
+    `finish_markers`: bytes that only the answer's end contains (see `UsageObserver.finished`);
+    none: `finished` is None."""
 
-    __slots__ = ("_convert", "_last", "_scanner")
+    __slots__ = ("_convert", "_finish", "_last", "_scanner")
 
-    def __init__(self, key: str, convert: Callable[[JSON], Usage]) -> None:
+    def __init__(
+        self,
+        key: str,
+        convert: Callable[[JSON], Usage],
+        finish_markers: tuple[bytes, ...] = (),
+    ) -> None:
         self._scanner = JSONValueScanner(key)
         self._convert = convert
         self._last: JSON | None = None
+        self._finish = MarkerScanner(finish_markers) if finish_markers else None
 
     def feed(self, chunk: bytes) -> None:
         found = self._scanner.feed(chunk)
         if found:
             self._last = found[-1]
+        if self._finish is not None:
+            self._finish.feed(chunk)
 
     @property
     def usage(self) -> Usage | None:
         return None if self._last is None else self._convert(self._last)
+
+    @property
+    def finished(self) -> bool | None:
+        return None if self._finish is None else self._finish.found
+
+
+class MarkerScanner:
+    """Whether any of `markers` occurred in a byte stream, across chunk boundaries: a
+    `bytes.find` per marker per chunk until one is found, then nothing."""
+
+    __slots__ = ("_keep", "_markers", "_tail", "found")
+
+    def __init__(self, markers: tuple[bytes, ...]) -> None:
+        self._markers = markers
+        self._keep = max(len(marker) for marker in markers) - 1
+        self._tail = b""
+        self.found = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.found:
+            return
+        seam = self._tail + chunk[: self._keep]  # a marker split between two chunks
+        self.found = any(marker in chunk or marker in seam for marker in self._markers)
+        self._tail = chunk[-self._keep :] if len(chunk) >= self._keep else seam[-self._keep :]
 
 
 class JSONValueScanner:

@@ -450,5 +450,11 @@ class OpenAIStreamParser(SSEStreamParser):
 
 
 def chat_usage_observer() -> LastValueUsageObserver:
-    """Pass-through usage: the last non-null top-level `usage` object in the stream."""
-    return LastValueUsageObserver("usage", lambda usage: usage_from_response({"usage": usage}))
+    """Pass-through usage: the last non-null top-level `usage` object in the stream. Finished
+    at the first non-null `finish_reason` (the usage chunk, if any, follows it), or at `[DONE]`
+    (a model's text cannot hold these bytes: its quotes and newlines are escaped)."""
+    return LastValueUsageObserver(
+        "usage",
+        lambda usage: usage_from_response({"usage": usage}),
+        (b'"finish_reason":"', b'"finish_reason": "', b"\ndata: [DONE]", b"\ndata:[DONE]"),
+    )

@@ -70,6 +70,11 @@ message names the ``x-sim-NAME`` (e.g. "x-sim-citation-tokens must be a non-nega
                         array elements); on a non-streamed request, after half the body
 ``x-sim-garble-after``  after N stream frames send one frame of malformed JSON (an unterminated
                         ``data:`` line), then end the stream cleanly
+``x-sim-omit-last``     leave out the last N stream frames and end the stream cleanly (the
+                        closing frames never come: ``[DONE]``, ``message_stop``, and with a
+                        larger N the usage before them)
+``x-sim-junk-lines``    put N lines that are not server-sent events before every SSE frame (a
+                        stray ``<garbage> {...}`` line, which SSE parsers must skip)
 ``x-sim-error``         answer with this HTTP status (400-599) in the provider's error format;
                         429 adds ``retry-after``
 ``x-sim-retry-after``   the ``retry-after`` seconds of a simulated 429 (default 1)

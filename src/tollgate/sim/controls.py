@@ -27,6 +27,8 @@ CONTROL_NAMES = (
     "chunk-delay-ms",
     "drop-after",
     "garble-after",
+    "omit-last",
+    "junk-lines",
     "error",
     "output-tokens",
     "chunks",
@@ -51,6 +53,7 @@ SEARCH_CONTEXT_SIZES = ("low", "medium", "high")
 HEADER_PREFIX = "x-sim-"
 _DIRECTIVE = re.compile(r"\[sim((?:\s+[a-z0-9-]+=[^\s\]]+)+)\s*\]")
 _MAX_DELAY_MS = 600_000
+_MAX_JUNK_LINES = 100
 
 
 class InvalidControl(ValueError):
@@ -71,6 +74,8 @@ class Controls:
     chunk_delay_ms: int = 0
     drop_after: int | None = None
     garble_after: int | None = None
+    omit_last: int = 0
+    junk_lines: int = 0
     error: int | None = None
     output_tokens: int | None = None
     chunks: int | None = None
@@ -133,6 +138,8 @@ def parse_controls(headers: Mapping[str, str], model: str, prompt: str) -> Contr
         chunk_delay_ms=min(values.get("chunk-delay-ms", 0), _MAX_DELAY_MS),
         drop_after=values.get("drop-after"),
         garble_after=values.get("garble-after"),
+        omit_last=values.get("omit-last", 0),
+        junk_lines=min(values.get("junk-lines", 0), _MAX_JUNK_LINES),
         error=values.get("error"),
         output_tokens=values.get("output-tokens"),
         chunks=values.get("chunks") or None,

@@ -30,6 +30,10 @@ from tollgate.sim.controls import (
 
 INVALID_KEY = "sim-invalid-key"
 SIM_HEADER = "x-tollgate-sim"
+# What ``x-sim-junk-lines`` puts before a frame: a line with no field name an SSE parser knows
+# (the part before the first colon), which the SSE rules say to ignore. Braces and quotes, as
+# in a stray line of JSON or an HTML error page that leaked into the stream.
+JUNK_LINE = b'<garbage> {"not": "an event"}\n'
 
 JsonObject = dict[str, Any]
 
@@ -242,10 +246,16 @@ def stream_response(
     headers: Mapping[str, str] | None = None,
 ) -> StreamingResponse:
     """Stream ``frames`` (SSE events or JSON-array pieces), applying the stream controls:
-    ``chunk-delay-ms`` between frames, ``drop-after`` (close the connection after N frames) and
+    ``chunk-delay-ms`` between frames, ``drop-after`` (close the connection after N frames),
     ``garble-after`` (after N frames, send one frame of malformed JSON and end the stream
-    cleanly, as a broken upstream would)."""
+    cleanly, as a broken upstream would), ``omit-last`` (leave out the last N frames and end
+    cleanly: the closing events never come) and ``junk-lines`` (N lines that are not SSE
+    before every frame of an event stream)."""
     controls = call.controls
+    frames = list(frames)
+    if controls.omit_last:
+        del frames[max(len(frames) - controls.omit_last, 0) :]
+    junk = JUNK_LINE * controls.junk_lines if media_type == "text/event-stream" else b""
 
     async def body() -> AsyncIterator[bytes]:
         for index, frame in enumerate(frames):
@@ -256,7 +266,7 @@ def stream_response(
                 return
             if index and controls.chunk_delay_ms:
                 await _sleep_ms(controls.chunk_delay_ms)
-            yield frame
+            yield junk + frame
 
     all_headers = {"cache-control": "no-cache"}
     all_headers.update(headers or {})

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from tollgate.store._util import new_id, now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.models import Account, Page
 from tollgate.store.schema import accounts
@@ -67,4 +68,6 @@ async def set_account_status(store: Store, account_id: str, status: str) -> Acco
             .returning(*accounts.c)
         )
         row = result.first()
+        if row is not None:  # every process drops the account's cached tokens
+            await publish(store, conn, CacheEventKind.ACCOUNT, account_id)
     return _account(row) if row else None

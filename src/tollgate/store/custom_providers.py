@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from tollgate.store._util import new_id, now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.models import Page
 from tollgate.store.schema import custom_providers
@@ -106,6 +107,8 @@ async def insert_custom_provider(
                 .returning(*custom_providers.c)
             )
             row = result.one()
+            # Other processes may have cached "no such provider" for the slug.
+            await publish(store, conn, CacheEventKind.CUSTOM_PROVIDER, account_id, row.slug)
     except IntegrityError:
         raise SlugTaken(values["slug"]) from None
     return _record(row)
@@ -205,6 +208,9 @@ async def update_custom_provider(
                 .returning(*custom_providers.c)
             )
             after = result.one()
+            await publish(store, conn, CacheEventKind.CUSTOM_PROVIDER, account_id, before.slug)
+            if after.slug != before.slug:
+                await publish(store, conn, CacheEventKind.CUSTOM_PROVIDER, account_id, after.slug)
     except IntegrityError:
         raise SlugTaken(values.get("slug", "")) from None
     return _record(before), _record(after)
@@ -220,4 +226,6 @@ async def delete_custom_provider(
             .returning(*custom_providers.c)
         )
         row = result.first()
+        if row is not None:
+            await publish(store, conn, CacheEventKind.CUSTOM_PROVIDER, account_id, row.slug)
     return _record(row) if row else None

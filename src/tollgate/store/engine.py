@@ -16,6 +16,7 @@ running loop's `LoopWriter`, which group-commits them on the loop thread
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,6 +100,9 @@ class Store:
 
     def __init__(self, url: str, *, wal_sync_interval: float = WAL_SYNC_INTERVAL) -> None:
         self.url = url
+        # Names this store in the cache events it writes, so that the process it serves skips
+        # them: it has already dropped what they name (tollgate.store.cache_events).
+        self.origin = secrets.token_hex(8)
         driver_url = async_url(url)
         self.dialect = "sqlite" if driver_url.startswith("sqlite") else "postgresql"
         self.wal_sync_interval = wal_sync_interval
@@ -128,8 +132,10 @@ class Store:
             yield conn
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        if self.before_read is not None:
+    async def read(self, *, sync_books: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A read-only connection. `sync_books=False` skips `before_read`, for background
+        readers that never look at the books (the cache events' poller)."""
+        if sync_books and self.before_read is not None:
             await self.before_read()
         async with self._reader.connect() as conn:
             yield conn

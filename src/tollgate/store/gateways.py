@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from tollgate.store._util import now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.models import GatewayRecord, Page
 from tollgate.store.schema import gateways
@@ -51,6 +52,8 @@ async def insert_gateway(
                     modified_at=stamp,
                 )
             )
+            # Other processes may have cached "no such gateway".
+            await publish(store, conn, CacheEventKind.GATEWAY, account_id, gateway_id)
     except IntegrityError:
         raise GatewayExists(gateway_id) from None
     return record
@@ -92,6 +95,8 @@ async def update_gateway(
             .returning(*gateways.c)
         )
         row = result.first()
+        if row is not None:
+            await publish(store, conn, CacheEventKind.GATEWAY, account_id, gateway_id)
     return _gateway(row) if row else None
 
 
@@ -110,6 +115,7 @@ async def delete_gateway(store: Store, account_id: str, gateway_id: str) -> Gate
                     logs.account_id == account_id, logs.gateway_id == gateway_id
                 )
             )
+            await publish(store, conn, CacheEventKind.GATEWAY, account_id, gateway_id)
     return _gateway(row) if row else None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tollgate.store._util import now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.ledger import AccountMissing
 from tollgate.store.schema import accounts
@@ -111,6 +112,7 @@ async def set_account_limit(
                             .returning(*account_spending_limits.c)
                         )
                     ).one()
+                await publish(store, conn, CacheEventKind.ACCOUNT_LIMIT, account_id)
                 return _limit(row)
         except IntegrityError:
             if not await _account_exists(store, account_id):
@@ -132,6 +134,8 @@ async def delete_account_limit(store: Store, account_id: str) -> bool:
                 account_spending_limits.c.account_id == account_id
             )
         )
+        if result.rowcount:
+            await publish(store, conn, CacheEventKind.ACCOUNT_LIMIT, account_id)
         return bool(result.rowcount)
 
 

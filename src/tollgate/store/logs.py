@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, and_, delete, false, func, not_, or_, select, update
 
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.holds_sqlite import stamp
 from tollgate.store.schema_logs import request_logs
@@ -369,6 +370,8 @@ async def delete_logs(
     )
     async with store.write() as conn:
         result = await conn.execute(statement)
+        if result.rowcount:  # every process's log_management count of the gateway is off
+            await publish(store, conn, CacheEventKind.GATEWAY_LOGS, account_id, gateway_id)
     return int(result.rowcount or 0)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Table, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tollgate.money import NANOS_PER_CENT
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.schema import accounts
 from tollgate.store.schema_payments import (
@@ -311,6 +312,7 @@ async def put_auto_config(
     )
     async with store.write() as conn:
         await conn.execute(statement)
+        await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
     found = await get_auto_config(store, account_id)
     assert found is not None
     return found
@@ -321,6 +323,8 @@ async def delete_auto_config(store: Store, account_id: str) -> bool:
         result = await conn.execute(
             delete(auto_topup_configs).where(auto_topup_configs.c.account_id == account_id)
         )
+        if result.rowcount:
+            await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
         return bool(result.rowcount)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tollgate.store._util import now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.models import Page
 from tollgate.store.schema_provider_configs import provider_configs
@@ -124,6 +125,7 @@ async def insert_provider_config(
                 await _clear_other_defaults(
                     conn, account_id, gateway_id, row.provider_slug, config_id
                 )
+            await publish(store, conn, CacheEventKind.STORED_KEYS, account_id, gateway_id)
     except IntegrityError:
         raise AliasTaken(fields.get("alias", "")) from None
     return _record(row)
@@ -189,6 +191,7 @@ async def update_provider_config(
                 await _clear_other_defaults(
                     conn, account_id, gateway_id, row.provider_slug, config_id
                 )
+            await publish(store, conn, CacheEventKind.STORED_KEYS, account_id, gateway_id)
     except IntegrityError:
         raise AliasTaken(changes.get("alias", "")) from None
     return _record(row)
@@ -204,4 +207,6 @@ async def delete_provider_config(
             .returning(*provider_configs.c)
         )
         row = result.first()
+        if row is not None:
+            await publish(store, conn, CacheEventKind.STORED_KEYS, account_id, gateway_id)
     return _record(row) if row else None

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from tollgate.store._util import now
+from tollgate.store.cache_events import CacheEventKind, publish
 from tollgate.store.engine import Store
 from tollgate.store.models import ApiToken
 from tollgate.store.schema import api_tokens, operator_tokens
@@ -98,6 +99,8 @@ async def revoke_token(store: Store, account_id: str, token_id: str) -> ApiToken
                 )
             )
         ).first()
+        if row is not None:  # every process drops the token from its cache
+            await publish(store, conn, CacheEventKind.TOKEN, token_id)
     return _token(row) if row else None
 
 
