@@ -119,8 +119,8 @@ def test_serve_answers_healthz_and_stops_cleanly_on_sigterm(tmp_path: Path) -> N
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         admin = httpx.get(f"{url}/admin/v1/accounts", headers={"Authorization": "Bearer op"})
         assert admin.status_code == 200
-    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it.
-    assert process.returncode in (0, -signal.SIGTERM)
+    # uvicorn shuts down gracefully and re-raises the signal; `serve` swallows it: status 0.
+    assert process.returncode == 0
     output = process.stdout.read() if process.stdout else ""
     assert "Application shutdown complete" in output
     assert "SANDBOX MODE" not in output
