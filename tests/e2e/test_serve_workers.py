@@ -170,6 +170,11 @@ async def one_request(base: str, token: str) -> int:
         return header_nanos(raw.headers, "cf-aig-cost")
 
 
+# SQLite only for now: on PostgreSQL, 90 concurrent admissions fill both workers' pools (20
+# connections each) while CI's other worker may run the 3-ledger concurrency tests, past the
+# shared server's 100 connections. Exact admission across processes on PostgreSQL is covered by
+# tests/billing/test_ledger_concurrency.py.
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
 def test_workers_share_the_port_and_admit_exactly_what_the_balance_pays_for(
     start: StartWorkers, target: Target
 ) -> None:
