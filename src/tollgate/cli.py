@@ -25,6 +25,7 @@ from tollgate.cli_common import (
     JsonOption,
     StepProgress,
     console,
+    environment_with,
     fail,
     open_database,
     print_json,
@@ -245,7 +246,6 @@ def _supervise_workers(
         claim_port,
         prepare,
         worker_command,
-        worker_env,
     )
 
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
@@ -267,7 +267,8 @@ def _supervise_workers(
     supervisor = Supervisor(
         settings.server.workers,
         worker_command(port, str(config) if config else None),
-        worker_env(overrides),
+        # the same settings as the supervisor's, command-line overrides included
+        environment_with(overrides),
     )
     if supervisor.run() != 0:
         fail("the gateway workers kept failing; the log above says why", EXIT_FAILURE)

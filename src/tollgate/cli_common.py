@@ -186,11 +186,16 @@ def load_settings_or_exit(config: Path | None, env: Mapping[str, str] | None = N
         fail(str(exc), EXIT_USAGE)
 
 
-def settings_with(config: Path | None, **overrides: object) -> Settings:
-    """Settings with command-line overrides applied as environment variables (so validated)."""
+def environment_with(overrides: Mapping[str, object | None]) -> dict[str, str]:
+    """This process's environment plus the command-line overrides that were given."""
     env = dict(os.environ)
     env.update({name: str(value) for name, value in overrides.items() if value is not None})
-    return load_settings_or_exit(config, env)
+    return env
+
+
+def settings_with(config: Path | None, **overrides: object) -> Settings:
+    """Settings with command-line overrides applied as environment variables (so validated)."""
+    return load_settings_or_exit(config, environment_with(overrides))
 
 
 def validated(model: type[M], data: dict[str, Any], label: Callable[[str], str]) -> M:

@@ -153,14 +153,6 @@ def worker_command(port: int, config: str | None) -> list[str]:
     return [*command, "--config", config] if config else command
 
 
-def worker_env(overrides: dict[str, object | None]) -> dict[str, str]:
-    """The supervisor's environment plus its command-line overrides, so workers load the same
-    settings it did."""
-    env = dict(os.environ)
-    env.update({name: str(value) for name, value in overrides.items() if value is not None})
-    return env
-
-
 def claim_port(host: str, port: int) -> socket.socket:
     """The supervisor's socket on `host:port` (port 0: the kernel picks one), which its workers
     bind too. It never listens.
