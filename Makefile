@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test fuzz lint docs bench bench-scaling clean
+.PHONY: install run test test-cluster fuzz lint docs bench bench-scaling clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ run: install
 # loadgroup: tests marked with one xdist_group (the browser tests) run on one worker.
 test: install
 	$(BIN)/pytest -n 2 --dist loadgroup
+
+# The nightly cluster test: three gateways behind nginx, 20 seeds per scenario (make test runs 2).
+CLUSTER_TEST_RUNS ?= 20
+test-cluster: install
+	CLUSTER_TEST_RUNS=$(CLUSTER_TEST_RUNS) $(BIN)/pytest tests/deploy/test_cluster.py
 
 # The nightly fuzz: tests/fuzz with more generated requests per operation than `make test`'s
 # 200, on SQLite and on PostgreSQL. FUZZ_EXAMPLES=n sets the count; the per-test timeout is

@@ -2,20 +2,17 @@
 PostgreSQL database behind it, as in deploy/compose.yaml, answering the official openai SDK,
 streams included.
 
-nginx resolves upstream host names when it loads its configuration, and `gateway` (the Compose
-service) resolves only inside Compose's network. So each test runs a copy in which only the
-addresses change: `gateway:8787` becomes loopback addresses, and for the traffic test the
-listening port and the pid file move to the test's own. Everything else is the file as shipped.
+Each test runs a rendered copy in which only the addresses change (`tests.support.nginx`):
+`gateway:8787` becomes loopback addresses, and for the traffic test the listening port and the
+pid file move to the test's own. Everything else is the file as shipped. Many gateway processes
+under 1,000 concurrent requests: `test_cluster.py`.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -27,36 +24,12 @@ from tests.conftest import ADMIN_TOKEN
 from tests.deploy.files import NGINX_CONF
 from tests.support.accounts import seed_account
 from tests.support.databases import fresh_postgres_database
+from tests.support.nginx import nginx_binary, render, running_nginx
 from tests.support.server import free_port, serve_in_thread
 from tollgate.app import create_app
 from tollgate.providers.registry import PROVIDERS
 from tollgate.settings import load_settings
 from tollgate.sim import create_sim_app
-
-UPSTREAM_SERVER = re.compile(r"^(\s*)server gateway:8787( [^;]*)?;$", re.M)
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found is None:
-        pytest.skip("nginx is not installed (bench/install.sh installs it from Debian's packages)")
-    return found
-
-
-def render(gateways: list[str], *, listen: str | None = None, pid: Path | None = None) -> str:
-    """deploy/nginx.conf with `server gateway:8787` replaced by one line per address."""
-    text = NGINX_CONF.read_text()
-    assert len(UPSTREAM_SERVER.findall(text)) == 2, "both upstreams name the gateway service"
-    text = UPSTREAM_SERVER.sub(
-        lambda m: "\n".join(f"{m.group(1)}server {a}{m.group(2) or ''};" for a in gateways), text
-    )
-    if listen is not None:
-        text, count = re.subn(r"^(\s*)listen 8080;$", rf"\1listen {listen};", text, flags=re.M)
-        assert count == 1
-    if pid is not None:
-        text, count = re.subn(r"^pid /tmp/nginx\.pid;$", f"pid {pid};", text, flags=re.M)
-        assert count == 1
-    return text
 
 
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
@@ -96,34 +69,6 @@ def test_nginx_drops_idle_gateway_connections_before_the_gateway_does() -> None:
         nginx_idle = re.search(r"keepalive_timeout (\d+)s;", block)
         assert nginx_idle is not None, block
         assert int(nginx_idle.group(1)) < gateway_idle
-
-
-@contextmanager
-def running_nginx(config: Path, prefix: Path) -> Iterator[str]:
-    nginx = nginx_binary()
-    log = (prefix / "nginx.out").open("w")
-    process = subprocess.Popen(
-        [nginx, "-c", str(config), "-p", str(prefix), "-e", "/dev/stderr", "-g", "daemon off;"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        listen = re.search(r"listen ([\d.]+:\d+);", config.read_text())
-        assert listen is not None
-        url = f"http://{listen.group(1)}"
-        for _ in range(100):
-            if process.poll() is not None:
-                raise RuntimeError((prefix / "nginx.out").read_text())
-            try:
-                if httpx.get(f"{url}/nginx-healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def requests_served(gateway_url: str) -> float:
