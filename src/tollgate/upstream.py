@@ -8,6 +8,12 @@ exported by `/metrics`): `upstream_unreachable`, `upstream_timeout`, `upstream_e
 cut short), `upstream_stream_broken` (not when the gateway closed the stream because the client
 left), and the provider's own `status_429` / `status_5xx` answers, retried or relayed.
 
+A kept-alive connection can be closed by the provider as idle just as a request is sent on it
+(uvicorn and Node.js close idle connections after 5 s; the pool keeps them for 30 s). Such a
+request fails before a byte of the response, within a round trip, and the provider never read
+it: it is sent once more, on a new connection (`_KeptAliveConnector`, `_closed_as_idle`). Any
+other failure is the client's 502.
+
 Account-chosen destinations (a `custom-{slug}` provider's base URL, image URLs, or any `send`
 with `account_chosen=True`) go through a second pool whose sockets open only to addresses
 `tollgate.netguard` permits (SSRF): a refusal is a 403 `upstream_address_refused` naming the
@@ -21,11 +27,15 @@ response headers (the first byte); once a stream has started it may run as long 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.connector import Connection
 
 from tollgate import netguard
 from tollgate.errors import (
@@ -58,6 +68,30 @@ HOP_BY_HOP = frozenset(
 
 # An account's own provider (`custom-{slug}`): its base URL is the account's choice.
 ACCOUNT_PROVIDER_PREFIX = "custom-"
+
+
+# A reused connection's failure this soon after the request was sent is the provider's idle close
+# racing the request, not the provider failing on it: the close was in flight as we sent.
+IDLE_CLOSE_WINDOW_SECONDS = 1.0
+
+# Whether the current request's connection came from the pool (set by `_KeptAliveConnector`; the
+# connect runs in the requesting task, so its context is the request's).
+_reused_connection: ContextVar[bool] = ContextVar("tollgate_reused_connection", default=False)
+
+
+class _KeptAliveConnector(aiohttp.TCPConnector):
+    """Tells `Upstream.send` whether a request went out on a connection that had served one
+    before (only such a connection can have been closed as idle)."""
+
+    async def connect(
+        self, req: aiohttp.ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        _reused_connection.set(getattr(protocol, "tollgate_served", False))
+        if protocol is not None:
+            protocol.tollgate_served = True  # type: ignore[attr-defined]
+        return connection
 
 
 class UpstreamStreamBroken(Exception):
@@ -130,7 +164,7 @@ class Upstream:
         self._guarded = self._new_session(netguard.guarded_socket_factory(self._policy))
 
     def _new_session(self, socket_factory: netguard.SocketFactory | None) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = _KeptAliveConnector(
             limit=self._settings.pool_size,
             ttl_dns_cache=300,
             keepalive_timeout=30,
@@ -169,11 +203,20 @@ class Upstream:
         guarded = account_chosen or provider.startswith(ACCOUNT_PROVIDER_PREFIX)
         session = self._guarded if guarded else self._session
         timeout = first_byte_timeout or self._settings.first_byte_timeout_seconds
+        header_list = list(headers)
         try:
             async with asyncio.timeout(timeout):
-                response = await session.request(
-                    method, url, headers=list(headers), data=body or None, allow_redirects=False
-                )
+                sent = time.monotonic()
+                try:
+                    response = await session.request(
+                        method, url, headers=header_list, data=body or None, allow_redirects=False
+                    )
+                except aiohttp.ClientError as exc:
+                    if not _closed_as_idle(exc, sent):
+                        raise
+                    response = await session.request(
+                        method, url, headers=header_list, data=body or None, allow_redirects=False
+                    )
         except TimeoutError:
             count_failure(self.failures, provider, "upstream_timeout")
             raise UpstreamTimeout(
@@ -260,6 +303,17 @@ def _address_refused(provider: str, url: str) -> PermissionDenied:
         "upstreams may not reach. Point the provider's base_url at a public host, or ask the "
         f"operator to allow that network with {netguard.ALLOW_SETTING}.",
         code="upstream_address_refused",
+    )
+
+
+def _closed_as_idle(exc: aiohttp.ClientError, sent: float) -> bool:
+    """Whether a request failed only because the provider had closed its kept-alive connection
+    as idle: the connection was reused, and it broke before a byte of the response, at once."""
+    return (
+        isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+        and _reused_connection.get()
+        and time.monotonic() - sent < IDLE_CLOSE_WINDOW_SECONDS
     )
 
 
