@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from tollgate import money, operator
 from tollgate.api.auth import PERMISSIONS, bearer_value
+from tollgate.api.openapi import error_responses
 from tollgate.errors import InvalidRequest
 from tollgate.services import Services
 from tollgate.store import Account, ApiToken, LedgerEntry, Store
@@ -366,7 +367,10 @@ def _credit_routes(router: APIRouter, services: Services) -> None:
     }
 
     @router.post(
-        "/accounts/{account_id}/credits", status_code=201, response_model=None, responses=replayed
+        "/accounts/{account_id}/credits",
+        status_code=201,
+        response_model=None,
+        responses={**replayed, **error_responses(409)},  # 409: the reference names another grant
     )
     async def grant_credits(account_id: str, body: GrantCredits) -> Response:
         entry, created = await operator.grant_credits(

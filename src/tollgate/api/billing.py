@@ -47,6 +47,7 @@ from fastapi.responses import Response
 from tollgate import money
 from tollgate.api.auth import authorize_api_call
 from tollgate.api.envelope import cloudflare_response, page_request
+from tollgate.api.openapi import error_responses, json_body
 from tollgate.billing.payments import (
     PaymentMethodRejected,
     WebhookRejected,
@@ -419,19 +420,55 @@ def billing_router(services: Services, topups: TopUps | None = None) -> APIRoute
     router = APIRouter(prefix="/accounts/{account_id}/ai-gateway/billing", tags=["billing"])
     add = router.add_api_route
     add("/credit-balance", routes.credit_balance, methods=["GET"], summary="Credit balance")
-    add("/topup", routes.create_topup, methods=["POST"], summary="Top up credits")
-    add("/topup/status", routes.topup_status, methods=["POST"], summary="Top-up status")
+    add(
+        "/topup",
+        routes.create_topup,
+        methods=["POST"],
+        summary="Top up credits",
+        openapi_extra=json_body(("amount", "payment_method_id"), "amount"),
+        responses=error_responses(402, 409, 502),  # declined; key reused; payment provider down
+    )
+    add(
+        "/topup/status",
+        routes.topup_status,
+        methods=["POST"],
+        summary="Top-up status",
+        openapi_extra=json_body(("payment_intent_id",), "payment_intent_id"),
+    )
     add("/topup/limits", routes.topup_limits, methods=["GET"], summary="Top-up limits")
     add("/topup/config", routes.get_topup_config, methods=["GET"], summary="Auto top-up config")
-    add("/topup/config", routes.set_topup_config, methods=["POST"], summary="Set auto top-up")
+    add(
+        "/topup/config",
+        routes.set_topup_config,
+        methods=["POST"],
+        summary="Set auto top-up",
+        openapi_extra=json_body(("amount", "threshold", "monthly_cap"), "amount", "threshold"),
+    )
     add("/topup/config", routes.delete_topup_config, methods=["DELETE"], summary="Remove it")
     add("/spending-limit", routes.get_spending_limit, methods=["GET"], summary="Spending limit")
-    add("/spending-limit", routes.set_spending_limit, methods=["POST"], summary="Set the limit")
+    add(
+        "/spending-limit",
+        routes.set_spending_limit,
+        methods=["POST"],
+        summary="Set the limit",
+        openapi_extra=json_body(
+            ("amount", "duration", "strategy"), "amount", "duration", "strategy"
+        ),
+    )
     add("/spending-limit", routes.delete_spending_limit, methods=["DELETE"], summary="Remove it")
     add("/usage-history", routes.usage_history, methods=["GET"], summary="Usage history")
     add("/invoice-history", routes.invoice_history, methods=["GET"], summary="Top-up invoices")
     add("/invoice-preview", routes.invoice_preview, methods=["GET"], summary="Usage statement")
-    add("/payment-method", routes.add_payment_method, methods=["POST"], summary="Add a card")
+    add(
+        "/payment-method",
+        routes.add_payment_method,
+        methods=["POST"],
+        summary="Add a card",
+        openapi_extra=json_body(
+            ("card_number", "exp_month", "exp_year", "cvc", "payment_method_id")
+        ),
+        responses=error_responses(502),  # the payment provider is down
+    )
     add("/payment-method", routes.remove_payment_method, methods=["DELETE"], summary="Remove it")
     return router
 

@@ -46,6 +46,7 @@ from tollgate.api.envelope import (
     timestamp,
 )
 from tollgate.api.management import GatewayRoutes
+from tollgate.api.openapi import error_responses, json_body
 from tollgate.custom_provider_config import (
     DEFAULT_ORDER,
     FIELDS,
@@ -243,12 +244,6 @@ _LIST_QUERY: dict[str, Any] = {
 }
 
 
-def _fields_body(*required: str) -> dict[str, Any]:
-    properties: dict[str, Any] = {name: {} for name in FIELDS}
-    schema = {"type": "object", "required": list(required), "properties": properties}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def custom_providers_router(services: Services) -> APIRouter:
     """The custom providers routes; mount under `/client/v4`. Writes invalidate the data
     plane's cache (`services.custom_providers`), so they are seen at once."""
@@ -267,7 +262,8 @@ def custom_providers_router(services: Services) -> APIRouter:
         routes.create_custom_provider,
         methods=["POST"],
         summary="Create a custom provider",
-        openapi_extra=_fields_body(*REQUIRED_FIELDS),
+        openapi_extra=json_body(FIELDS, *REQUIRED_FIELDS),
+        responses=error_responses(409),
     )
     add(
         "/custom-providers/{id}",
@@ -280,7 +276,8 @@ def custom_providers_router(services: Services) -> APIRouter:
         routes.update_custom_provider,
         methods=["PATCH"],
         summary="Change some fields of a custom provider",
-        openapi_extra=_fields_body(),
+        openapi_extra=json_body(FIELDS),
+        responses=error_responses(409),
     )
     add(
         "/custom-providers/{id}",

@@ -47,6 +47,7 @@ from tollgate.api.envelope import (
     read_json_body,
     timestamp,
 )
+from tollgate.api.openapi import error_responses, json_body
 from tollgate.errors import (
     Conflict,
     NotFound,
@@ -214,13 +215,6 @@ _LIST_QUERY: dict[str, Any] = {
 }
 
 
-def _settings_body(*required: str) -> dict[str, Any]:
-    names = ("id", *SETTINGS) if "id" in required else tuple(SETTINGS)
-    properties: dict[str, Any] = {name: {} for name in names}
-    schema = {"type": "object", "required": list(required), "properties": properties}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def management_router(services: Services) -> APIRouter:
     routes = GatewayRoutes(services)
     router = APIRouter(prefix="/accounts/{account_id}/ai-gateway", tags=["ai-gateway"])
@@ -237,7 +231,8 @@ def management_router(services: Services) -> APIRouter:
         routes.create_gateway,
         methods=["POST"],
         summary="Create a gateway",
-        openapi_extra=_settings_body("id", *REQUIRED_FIELDS),
+        openapi_extra=json_body(("id", *SETTINGS), "id", *REQUIRED_FIELDS),
+        responses=error_responses(409),
     )
     add("/gateways/{id}", routes.get_gateway, methods=["GET"], summary="Fetch a gateway")
     add(
@@ -245,7 +240,7 @@ def management_router(services: Services) -> APIRouter:
         routes.update_gateway,
         methods=["PUT"],
         summary="Replace every setting of a gateway",
-        openapi_extra=_settings_body(*REQUIRED_FIELDS),
+        openapi_extra=json_body(SETTINGS, *REQUIRED_FIELDS),
     )
     add("/gateways/{id}", routes.delete_gateway, methods=["DELETE"], summary="Delete a gateway")
     add(

@@ -20,7 +20,7 @@ The fuzz suite (`tests/fuzz`) checks the running gateway against this document.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -124,6 +124,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """A route's own error statuses, for `responses=`: `complete_document` fills in the body of
     its surface (the route does not know under which prefix it is mounted)."""
     return {status: {"description": _REASONS.get(status, "Error")} for status in statuses}
+
+
+def json_body(fields: Iterable[str], *required: str) -> dict[str, Any]:
+    """A route's `openapi_extra` for a JSON object body with these fields. The fields are listed
+    without types: the handler checks each one and explains a wrong one as a 400."""
+    properties: dict[str, Any] = {name: {} for name in fields}
+    schema = {"type": "object", "required": list(required), "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _is_undescribed(response: dict[str, Any]) -> bool:

@@ -42,6 +42,7 @@ from fastapi.responses import Response
 
 from tollgate.api.envelope import cloudflare_response, page_request, read_json_body, timestamp
 from tollgate.api.management import GatewayRoutes
+from tollgate.api.openapi import error_responses, json_body
 from tollgate.errors import Conflict, InvalidRequest, NotFound
 from tollgate.features.stored_keys import ALIAS, ALIAS_RULE, DEFAULT_ALIAS, secret_preview
 from tollgate.providers.registry import PROVIDERS
@@ -346,12 +347,6 @@ def _not_found(gateway_id: str, config_id: str) -> NotFound:
     )
 
 
-def _body_schema(*required: str) -> dict[str, Any]:
-    properties: dict[str, Any] = {name: {} for name in CREATE_FIELDS}
-    schema = {"type": "object", "required": list(required), "properties": properties}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def provider_configs_router(services: Services) -> APIRouter:
     """The stored keys routes; mount under `/client/v4`."""
     routes = ProviderConfigRoutes(services)
@@ -364,7 +359,8 @@ def provider_configs_router(services: Services) -> APIRouter:
         routes.create_config,
         methods=["POST"],
         summary="Store a provider key",
-        openapi_extra=_body_schema("provider_slug", "secret"),
+        openapi_extra=json_body(CREATE_FIELDS, "provider_slug", "secret"),
+        responses=error_responses(409),
     )
     add("/{id}", routes.get_config, methods=["GET"], summary="Fetch a stored provider key")
     add(
@@ -372,7 +368,8 @@ def provider_configs_router(services: Services) -> APIRouter:
         routes.update_config,
         methods=["PUT"],
         summary="Rotate a stored provider key or change its fields",
-        openapi_extra=_body_schema(),
+        openapi_extra=json_body(CREATE_FIELDS),
+        responses=error_responses(409),
     )
     add("/{id}", routes.delete_config, methods=["DELETE"], summary="Delete a stored provider key")
     return router
