@@ -2,9 +2,10 @@
 
 Each operation gets `TOLLGATE_FUZZ_EXAMPLES` generated requests: 200 in `make test` (about 50 s
 on two cores, mostly generating them); `make fuzz` runs 1,000 on each engine. They are sent with
-a real account token (run, read and edit) or, under `/admin/v1`, the operator token. A request must never get a 5xx, and every response must be one the document
-describes: a listed status, its content type, a body matching its schema, and a 405 with an
-`Allow` header for a method the path does not serve.
+a real account token (run, read and edit) or, under `/admin/v1`, the operator token. A request
+must never get a 5xx, and every response must be one the document describes: a listed status,
+its content type, a body matching its schema, and a 405 with an `Allow` header for a method the
+path does not serve.
 
 The document covers the management, billing, logs and admin APIs (`tollgate.api.openapi`
 completes it). The data plane (`/v1/...`, and `/client/v4/.../ai/run|v1`) is not in it, so it is
@@ -19,8 +20,8 @@ parameters are ignored, as by Cloudflare's API).
 from __future__ import annotations
 
 import os
-import uuid
 import tempfile
+import uuid
 from typing import Any
 
 import httpx
