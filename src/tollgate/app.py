@@ -42,7 +42,13 @@ from tollgate.billing.maintenance import Maintenance
 from tollgate.cache_events import CacheEventPoller
 from tollgate.credentials import managed_targets
 from tollgate.dashboard import Dashboard
-from tollgate.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from tollgate.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 from tollgate.features.otel import SpanExporter
 from tollgate.log_output import uvicorn_loggers_kept
 from tollgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -52,6 +58,7 @@ from tollgate.sandbox import SandboxCredentials, bootstrap_sandbox
 from tollgate.services import Services, UpstreamTarget
 from tollgate.settings import SANDBOX_KEY, Settings
 from tollgate.store import Store
+from tollgate.store.engine import DATABASE_ERRORS, unreachable
 from tollgate.store.migrate import current_revision, migrate
 from tollgate.upstream import Upstream
 
@@ -115,6 +122,21 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return _render_control_error(request, error)
 
 
+def _database_error(request: Request, exc: Exception) -> Response:
+    """A database that cannot take work now (down, restarting, out of connections) is a 503 in
+    the API's format, which clients retry; any other database error is a bug, left a 500."""
+    if not unreachable(exc):
+        raise exc
+    log.warning(
+        "database unreachable, %s %s refused with 503: %r", request.method, request.url.path, exc
+    )
+    error = ServiceUnavailable(
+        "tollgate cannot reach its database right now. Retry in a few seconds.",
+        code="database_unavailable",
+    )
+    return _render_control_error(request, error)
+
+
 def _control_app(services: Services) -> FastAPI:
     control = FastAPI(title="tollgate", version="0.1.0", docs_url=None, redoc_url=None)
     control.include_router(management_router(services), prefix="/client/v4")
@@ -128,6 +150,8 @@ def _control_app(services: Services) -> FastAPI:
     control.add_exception_handler(GatewayError, _render_control_error)  # type: ignore[arg-type]
     control.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     control.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    for database_error in DATABASE_ERRORS:
+        control.add_exception_handler(database_error, _database_error)  # type: ignore[arg-type]
     install_openapi(control)  # every status and error body, in /openapi.json (api/openapi.py)
 
     @control.get("/healthz", include_in_schema=False)

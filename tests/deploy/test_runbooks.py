@@ -9,20 +9,23 @@ records every request it receives.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 import openai
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support.accounts import Seeded, seed_account
-from tests.support.databases import fresh_postgres_database
+from tests.support.databases import PG_ADMIN_DSN, fresh_postgres_database
 from tests.support.server import free_port, serve_in_thread
 from tests.support.tcp_proxy import TcpProxy
 from tollgate.app import create_app
@@ -138,3 +141,80 @@ def test_a_gateway_started_while_postgres_is_down_exits_1_for_its_supervisor(
     )
     assert result.returncode == 1
     assert "the gateway did not start" in result.stderr
+
+
+def as_superuser(sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def database_of_its_own_role() -> Iterator[tuple[str, str]]:
+    """(URL, role): a fresh database owned by a fresh login role, which is not a superuser, so
+    a connection limit set on it applies."""
+    role = f"tollgate_role_{secrets.token_hex(4)}"
+    as_superuser(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with fresh_postgres_database() as url:
+            as_superuser(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO "{role}"')
+            yield url.replace("//postgres@", f"//{role}@"), role
+    finally:
+        as_superuser(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_database_out_of_connections_gets_503s_in_every_api_and_recovers(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL refusing connections with "too many clients" (SQLSTATE 53300), as a server at
+    its max_connections does: asyncpg raises it as a plain PostgresError, not a connection
+    failure. Each API answers a 503 in its own format, never a 500, and nothing is forwarded."""
+    with database_of_its_own_role() as (database, role), ExitStack() as stack:
+        account = seed_account(database, credits_cents=10_000)
+        sim_url = stack.enter_context(serve_in_thread(create_sim_app()))
+        settings = load_settings(
+            env={
+                "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
+                "TOLLGATE_DATABASE_URL": database,
+                "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+                "TOLLGATE_PROVIDERS__OPENAI__BASE_URL": sim_url + PROVIDERS["openai"].sim_path,
+                "TOLLGATE_PROVIDERS__OPENAI__API_KEY": "managed-openai-key",
+            }
+        )
+        url = stack.enter_context(serve_in_thread(create_app(settings)))
+        assert chat(url, account).status_code == 200
+        calls = upstream_calls(sim_url)
+
+        as_superuser(f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
+        as_superuser(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        with pytest.raises(asyncpg.TooManyConnectionsError):  # what the gateway meets now
+            asyncio.run(asyncpg.connect(database))
+
+        for _ in range(3):
+            refused = chat(url, account)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "ledger_unavailable"
+        management = httpx.get(
+            f"{url}/client/v4/accounts/{account.account_id}/ai-gateway/gateways",
+            headers={"Authorization": f"Bearer {account.token}"},
+        )
+        assert management.status_code == 503, management.text
+        assert management.json()["success"] is False
+        assert "database" in management.json()["errors"][0]["message"]
+        admin = httpx.get(
+            f"{url}/admin/v1/accounts/{account.account_id}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert admin.status_code == 503, admin.text
+        assert admin.json()["error"]["code"] == "database_unavailable"
+        assert upstream_calls(sim_url) == calls, "a request without a hold reached the provider"
+
+        as_superuser(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        assert chat(url, account).status_code == 200

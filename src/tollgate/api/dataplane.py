@@ -43,7 +43,7 @@ from tollgate.request_limits import (
     check_json_shape,
 )
 from tollgate.services import Services
-from tollgate.store.engine import UNREACHABLE
+from tollgate.store.engine import DATABASE_ERRORS, unreachable
 from tollgate.unified import (
     UnifiedRequest,
     list_models,
@@ -120,9 +120,9 @@ class DataPlane:
             if capture is None:  # refused before it had a context (metrics.py)
                 self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
-        except UNREACHABLE as down:
-            if capture is not None and capture.status is not None:
-                raise  # the answer has started: nothing to render it into
+        except DATABASE_ERRORS as down:
+            if not unreachable(down) or (capture is not None and capture.status is not None):
+                raise  # a bug (a 500), or the answer has started: nothing to render it into
             await send_error(send, database_unreachable(down), wire, extra)
         finally:
             if capture is not None:  # off the hot path: queued for the log writer
@@ -151,9 +151,9 @@ class DataPlane:
             if capture is None:  # refused before it had a context (metrics.py)
                 self.metrics.observe_unrouted(error.status)
             await send_error(send, error, wire, extra)
-        except UNREACHABLE as down:
-            if capture is not None and capture.status is not None:
-                raise  # the answer has started: nothing to render it into
+        except DATABASE_ERRORS as down:
+            if not unreachable(down) or (capture is not None and capture.status is not None):
+                raise  # a bug (a 500), or the answer has started: nothing to render it into
             await send_error(send, database_unreachable(down), wire, extra)
         finally:
             if capture is not None:

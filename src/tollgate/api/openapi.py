@@ -104,10 +104,11 @@ _REASONS = {
 }
 
 # Every route of a surface authenticates first and checks its parameters; `/client/v4` also
-# answers 404 for a malformed account id and 403 for another account's token.
+# answers 404 for a malformed account id and 403 for another account's token. Any route may find
+# its database unreachable (a 503, `app._database_error`).
 SURFACE_ERRORS = {
-    CLIENT_PREFIX: (400, 401, 403, 404),
-    ADMIN_PREFIX: (400, 401, 404),
+    CLIENT_PREFIX: (400, 401, 403, 404, 503),
+    ADMIN_PREFIX: (400, 401, 404, 503),
     "/stripe/": (400,),
 }
 

@@ -44,6 +44,28 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 
+# PostgreSQL's SQLSTATEs for a server that is up but takes no work now; asyncpg raises them as
+# plain `PostgresError`s, which SQLAlchemy wraps in its generic `DBAPIError`: class 08
+# (connection exception), class 53 (insufficient resources: too many clients, out of memory or
+# disk), and 57P01-57P03 (shutting down, restarting after a crash, starting up).
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+
+
+# What may carry one of those: the classes to catch, then ask `unreachable`.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE, sa_exc.DBAPIError)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot take work now (a 503, fail closed), rather than
+    that the statement was wrong (a bug: a 500)."""
+    if isinstance(exc, UNREACHABLE):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES)
+
+
 WAL_SYNC_INTERVAL = 0.1  # seconds between WAL syncs for the hot writer (see loop_writer)
 
 
