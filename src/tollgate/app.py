@@ -358,6 +358,8 @@ class TollgateApp:
         if self._exit_stack is not None:
             # Those cut while waiting for their upstream never settled: before the leases close.
             await self.services.meter.settle_abandoned()
+            # Those that ended while the database was unreachable: a last try.
+            await self.services.meter.deferred.drain()
             await self._exit_stack.aclose()
             self._exit_stack = None
 

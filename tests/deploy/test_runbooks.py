@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
+from tests.e2e.test_outages_under_load import served
 from tests.support.accounts import Seeded, seed_account
 from tests.support.databases import PG_ADMIN_DSN, fresh_postgres_database
 from tests.support.server import free_port, serve_in_thread
@@ -174,19 +175,11 @@ def test_a_database_out_of_connections_gets_503s_in_every_api_and_recovers(
     """PostgreSQL refusing connections with "too many clients" (SQLSTATE 53300), as a server at
     its max_connections does: asyncpg raises it as a plain PostgresError, not a connection
     failure. Each API answers a 503 in its own format, never a 500, and nothing is forwarded."""
-    with database_of_its_own_role() as (database, role), ExitStack() as stack:
-        account = seed_account(database, credits_cents=10_000)
-        sim_url = stack.enter_context(serve_in_thread(create_sim_app()))
-        settings = load_settings(
-            env={
-                "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-                "TOLLGATE_DATABASE_URL": database,
-                "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-                "TOLLGATE_PROVIDERS__OPENAI__BASE_URL": sim_url + PROVIDERS["openai"].sim_path,
-                "TOLLGATE_PROVIDERS__OPENAI__API_KEY": "managed-openai-key",
-            }
-        )
-        url = stack.enter_context(serve_in_thread(create_app(settings)))
+    with (
+        database_of_its_own_role() as (database, role),
+        served(tmp_path, database) as gateway,
+    ):
+        url, account, sim_url = gateway.url, gateway.account, gateway.sim_url
         assert chat(url, account).status_code == 200
         calls = upstream_calls(sim_url)
 

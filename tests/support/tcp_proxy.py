@@ -1,6 +1,6 @@
-"""A TCP proxy to the shared PostgreSQL that a test controls: `cut` it and the database is down
-for whoever connects through it, `stall` it and the database hangs, `forward` and it is back.
-The shared server itself is never touched."""
+"""A TCP proxy to a shared server (PostgreSQL unless told otherwise, or Redis) that a test
+controls: `cut` it and the server is down for whoever connects through it, `stall` it and the
+server hangs, `forward` and it is back. The shared server itself is never touched."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
 class TcpProxy:
-    """127.0.0.1:port -> PostgreSQL, on an event loop of its own; `forward`, `cut`, `stall`."""
+    """127.0.0.1:port -> `target`, on an event loop of its own; `forward`, `cut`, `stall`."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: tuple[str, int] = (PG_HOST, PG_PORT)) -> None:
+        self.target = target
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -58,7 +59,7 @@ class TcpProxy:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
-        up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers.add(up_writer)
 
         async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

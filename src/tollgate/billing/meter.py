@@ -46,6 +46,7 @@ from datetime import timedelta
 from typing import Any
 
 from tollgate.billing.catalog import Catalog, ModelPrice
+from tollgate.billing.deferred import DeferredSettlements, Due
 from tollgate.billing.ledger import Ledger, Settlement
 from tollgate.billing.limits import applicable_limits
 from tollgate.billing.requests import RequestFacts, estimate_prompt_tokens
@@ -57,6 +58,7 @@ from tollgate.features.custom_cost import CustomCost, not_allowed_for_unified_bi
 from tollgate.store import GatewayRecord, Store
 from tollgate.store import limits as limits_repo
 from tollgate.store._util import ordered_id
+from tollgate.store.engine import DATABASE_ERRORS, unreachable
 from tollgate.store.holds import Hold
 
 MIN_USEFUL_OUTPUT_TOKENS = 64
@@ -132,6 +134,8 @@ class Meter:
         # Holds admitted and not yet settled by this process, for the keep-alive.
         self._in_flight: dict[str, Hold] = {}
         self._keep_alive: asyncio.Task[None] | None = None
+        # Settlements of requests that ended while the database was unreachable.
+        self.deferred = DeferredSettlements(ledger, self._told_settled)
 
     def forget_account_limit(self, account_id: str) -> None:
         self._account_limits.invalidate(account_id)
@@ -312,9 +316,10 @@ class Meter:
                 cost = self._cost(admission, admission.price, usage, off_peak)
                 admission.ctx.record_observed(usage.input_tokens, usage.output_tokens, cost)
             return None
-        self._in_flight.pop(admission.hold.id, None)
+        hold = admission.hold
+        self._in_flight.pop(hold.id, None)
         if usage is None and produced_bytes == 0:
-            return await self.ledger.release(admission.hold, wait_for_commit=False)
+            return await self._write(Due(hold, None, False, ""))
         estimated = estimated or usage is None or not complete
         output = math.ceil(produced_bytes / BYTES_PER_OUTPUT_TOKEN)
         if admission.output_cap is not None:
@@ -331,20 +336,37 @@ class Meter:
             admission.hold.created_at, self.ledger.clock()
         )
         cost = self._cost(admission, price, usage, off_peak)
-        custom = admission.custom_cost is not None
-        settlement = await self.ledger.settle(
-            admission.hold,
-            cost,
-            estimated=estimated,
-            note=_note(price, usage, estimated, off_peak, custom),
-            wait_for_commit=False,  # journaled first: the answer need not wait for the batch
-        )
+        note = _note(price, usage, estimated, off_peak, admission.custom_cost is not None)
+        settlement = await self._write(Due(hold, cost, estimated, note))
         if admission.ctx is not None:
             admission.ctx.record_usage(usage.input_tokens, usage.output_tokens, settlement)
+        return settlement
+
+    async def _write(self, due: Due) -> Settlement:
+        """Settle (or release: no charge) a request's hold; while the database is unreachable,
+        defer it (`billing/deferred.py`) rather than leave it to crash recovery's estimate."""
+        try:
+            if due.charge_nanos is None:
+                return await self.ledger.release(due.hold, wait_for_commit=False)
+            settlement = await self.ledger.settle(
+                due.hold,
+                due.charge_nanos,
+                estimated=due.estimated,
+                note=due.note,
+                wait_for_commit=False,  # journaled first: the answer need not wait for the batch
+            )
+        except DATABASE_ERRORS as down:
+            if not unreachable(down):
+                raise
+            return self.deferred.defer(due)
+        self._told_settled(settlement)
+        return settlement
+
+    def _told_settled(self, settlement: Settlement) -> None:
+        """Auto top-up's cue: a settle that used credits, written now (not replayed)."""
         balance = settlement.balance_after_nanos
         if self.on_settled is not None and balance is not None and not settlement.replayed:
             self.on_settled(settlement.account_id, balance)
-        return settlement
 
     def _cost(self, admission: Admission, price: ModelPrice, usage: Usage, off_peak: bool) -> int:
         """What `usage` costs at the request's price (a custom total on top)."""
@@ -379,7 +401,8 @@ class Meter:
         """Push the expiry of every hold this process still has in flight (one transaction);
         returns how many were extended. Holds older than `KEEP_ALIVE_MAX_AGE` are left alone."""
         oldest = self.ledger.clock() - KEEP_ALIVE_MAX_AGE
-        alive = [hold for hold in self._in_flight.values() if hold.created_at > oldest]
+        holds = [*self._in_flight.values(), *self.deferred.holds()]
+        alive = [hold for hold in holds if hold.created_at > oldest]
         return await self.ledger.extend_many(alive) if alive else 0
 
     def start_keep_alive(self) -> None:
