@@ -122,3 +122,26 @@ async def test_a_failure_that_is_not_the_outage_is_dropped_not_retried(books: Bo
     assert not books.deferred
     assert [s.hold_id for s in books.told] == [hold.id]
     await books.deferred.drain()
+
+
+async def test_a_hold_whose_admission_failed_in_the_outage_is_released_if_it_was_written(
+    books: Books,
+) -> None:
+    """The connection broke after the hold's commit: the request was refused (503) and never
+    sent, so its hold must not be recovered as forwarded and charged."""
+    written = await books.open_hold(5_000)  # as if its commit landed and the answer was lost
+    books.relay.cut()
+    books.deferred.release_if_held(written.request_id)
+    books.deferred.release_if_held("req-never-written")
+    await asyncio.sleep(0.3)
+    assert len(books.deferred) == 2
+    books.relay.forward()
+    for _ in range(100):
+        if not books.deferred:
+            break
+        await asyncio.sleep(0.1)
+    assert not books.deferred
+    found = await holds_repo.get_hold(books.store, written.id)
+    assert found is not None and found.state == "released"
+    snapshot = await check_invariants(books.store, books.account_id)
+    assert snapshot.balance_nanos == 10**9 and snapshot.held_nanos == 0

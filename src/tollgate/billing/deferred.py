@@ -16,6 +16,11 @@ loses the output's cost. Instead `Meter.settle` hands the result here:
 - at shutdown they get one more try (`drain`); what is still waiting is left open and resolved
   by crash recovery's policy, as if the process had died.
 
+The same queue undoes an admission whose outcome is unknown: a hold written while the
+connection broke (its commit landed, its answer was lost) would otherwise be recovered as
+forwarded and charged its prompt estimate, though its request was refused with a 503 and never
+sent. `release_if_held` releases such a hold, if it exists, once the database is back.
+
 Only "cannot reach the database" is deferred (`tollgate.store.engine.unreachable`); any other
 error is a bug and is raised as before. Credit leases (SQLite) journal their settlements and
 retry their own batches, so they never get here.
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tollgate.billing.ledger import Ledger
+from tollgate.store import holds as holds_repo
 from tollgate.store.engine import unreachable
 from tollgate.store.holds import Hold, Settlement
 
@@ -55,19 +61,29 @@ class DeferredSettlements:
         self.ledger = ledger
         self.on_settled = on_settled  # told each settlement once it is written
         self._due: dict[str, Due] = {}  # by hold id, oldest first
+        self._refused: dict[str, None] = {}  # request ids whose admission failed, oldest first
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._due) + len(self._refused)
 
     def holds(self) -> list[Hold]:
         return [due.hold for due in self._due.values()]
 
+    def _retry_soon(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._retry())
+
+    def release_if_held(self, request_id: str) -> None:
+        """Queue the release of the hold of a request refused for an unreachable database, in
+        case its write committed after all."""
+        self._refused[request_id] = None
+        self._retry_soon()
+
     def defer(self, due: Due) -> Settlement:
         """Queue `due`; returns the result the request reports meanwhile (no balance)."""
         self._due[due.hold.id] = due
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._retry())
+        self._retry_soon()
         log.warning(
             "database unreachable: the settlement of hold %s is deferred (%d waiting)",
             due.hold.id,
@@ -90,6 +106,17 @@ class DeferredSettlements:
     async def write_due(self) -> bool:
         """Try every waiting settlement, oldest first; stop at the first the database cannot
         take. True when none is left."""
+        for request_id in list(self._refused):
+            try:
+                hold = await holds_repo.get_hold_by_request(self.ledger.store, request_id)
+                if hold is not None and hold.state == "open":
+                    await self.ledger.release(hold)
+                    log.warning("released hold %s of a request refused in an outage", hold.id)
+            except Exception as exc:
+                if unreachable(exc):
+                    return False
+                log.exception("undoing the admission of request %s failed", request_id)
+            del self._refused[request_id]
         for hold_id, due in list(self._due.items()):
             try:
                 if due.charge_nanos is None:
@@ -111,7 +138,7 @@ class DeferredSettlements:
 
     async def _retry(self) -> None:
         wait = FIRST_RETRY_SECONDS
-        while self._due:
+        while self:
             await asyncio.sleep(wait)
             if await self.write_due():
                 log.warning("the database is back: every deferred settlement is written")
@@ -126,14 +153,14 @@ class DeferredSettlements:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._due:
+        if self:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_AT_SHUTDOWN_SECONDS):
                     await self.write_due()
-        if self._due:
+        if self:
             log.error(
                 "%d settlements could not be written before shutdown (database unreachable); "
                 "crash recovery will resolve their holds at their estimates",
-                len(self._due),
+                len(self),
             )
-        return len(self._due)
+        return len(self)

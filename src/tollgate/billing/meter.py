@@ -267,20 +267,26 @@ class Meter:
         )
         upper = flat_nanos + self.catalog.cost(price.provider, price, with_output)
         recovery = flat_nanos + self.catalog.cost(price.provider, price, prompt)
-        return await self.ledger.hold(
-            account_id,
-            f"req_{ordered_id()}",
-            upper,
-            gateway_id=gateway.id,
-            limits=limits,
-            model=price.id,
-            recovery_charge_nanos=recovery,
-            uses_credits=unified,
-            # The upstream call follows at once; recording it here saves a write per request.
-            # The cost: a crash between this commit and the call settles the prompt estimate
-            # instead of releasing (see the recovery policy in billing/ledger.py).
-            forwarded=True,
-        )
+        request_id = f"req_{ordered_id()}"
+        try:
+            return await self.ledger.hold(
+                account_id,
+                request_id,
+                upper,
+                gateway_id=gateway.id,
+                limits=limits,
+                model=price.id,
+                recovery_charge_nanos=recovery,
+                uses_credits=unified,
+                # The upstream call follows at once; recording it here saves a write per
+                # request. The cost: a crash between this commit and the call settles the
+                # prompt estimate instead of releasing (the recovery policy, billing/ledger.py).
+                forwarded=True,
+            )
+        except DATABASE_ERRORS as down:
+            if unreachable(down):  # its commit may have landed with the answer lost: undo it
+                self.deferred.release_if_held(request_id)
+            raise
 
     def _affordable_output(
         self, price: ModelPrice, prompt: Usage, short: InsufficientBalance, ceiling: int
