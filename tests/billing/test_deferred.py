@@ -42,6 +42,16 @@ class Books:
         return await self.ledger.hold(self.account_id, f"req-{amount}", amount, model="m")
 
 
+async def back_and_written(books: Books) -> None:
+    """Restore the database; wait (up to 10 s) until nothing is left deferred."""
+    books.relay.forward()
+    for _ in range(100):
+        if not books.deferred:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{len(books.deferred)} still deferred 10 s after the database is back")
+
+
 @pytest.fixture
 def relay() -> Iterator[TcpProxy]:
     proxy = TcpProxy()
@@ -81,12 +91,7 @@ async def test_a_settlement_deferred_in_an_outage_is_written_once_the_database_i
     await asyncio.sleep(0.6)  # two retries fail while the relay is cut
     assert len(books.deferred) == 2 and books.told == []
 
-    books.relay.forward()
-    for _ in range(100):
-        if not books.deferred:
-            break
-        await asyncio.sleep(0.1)
-    assert not books.deferred
+    await back_and_written(books)
     assert [(s.hold_id, s.state, s.charged_nanos) for s in books.told] == [
         (charged.id, "settled", 4_200),
         (released.id, "released", 0),
@@ -135,12 +140,7 @@ async def test_a_hold_whose_admission_failed_in_the_outage_is_released_if_it_was
     books.deferred.release_if_held("req-never-written")
     await asyncio.sleep(0.3)
     assert len(books.deferred) == 2
-    books.relay.forward()
-    for _ in range(100):
-        if not books.deferred:
-            break
-        await asyncio.sleep(0.1)
-    assert not books.deferred
+    await back_and_written(books)
     found = await holds_repo.get_hold(books.store, written.id)
     assert found is not None and found.state == "released"
     snapshot = await check_invariants(books.store, books.account_id)
