@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-cluster fuzz lint docs bench bench-scaling clean
+.PHONY: install run test test-cluster fuzz lint docs bench bench-scaling bench-soak clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ bench: install
 # The scaling curve: 1, 2, 4 workers x 1, 10, 1,000 accounts (bench/scaling.py; not in `bench`).
 bench-scaling: install
 	BENCH_ONLY=scaling bash bench/run.sh
+
+# The memory soak: 10 minutes at half the peak load (bench/soak.py; not in `bench`).
+bench-soak: install
+	BENCH_ONLY=soak bash bench/run.sh
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

@@ -3,16 +3,17 @@
 # other: bench/dataplane.py (gateway against direct calls and LiteLLM), bench/translation.py
 # (Unified API against native endpoints), bench/cache.py (cache hits against misses) and
 # bench/logs.py (logs on against off). BENCH_ONLY=<one of those names> runs one of them;
-# BENCH_ONLY=scaling runs bench/scaling.py (workers x accounts), which `make bench` leaves out.
+# BENCH_ONLY=scaling runs bench/scaling.py (workers x accounts) and BENCH_ONLY=soak bench/soak.py
+# (memory over 10 minutes at half the peak load), which `make bench` leaves out.
 # Options are environment variables; see bench/README.md. Extra arguments go to each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${BENCH_ONLY:-}" in
     "") benches=(dataplane translation cache logs) ;;
-    dataplane | translation | cache | logs | scaling) benches=("$BENCH_ONLY") ;;
+    dataplane | translation | cache | logs | scaling | soak) benches=("$BENCH_ONLY") ;;
     *)
-        echo "BENCH_ONLY must be 'dataplane', 'translation', 'cache', 'logs' or 'scaling' (or unset for all but scaling)" >&2
+        echo "BENCH_ONLY must be 'dataplane', 'translation', 'cache', 'logs', 'scaling' or 'soak' (or unset for all but scaling and soak)" >&2
         exit 2
         ;;
 esac
