@@ -17,9 +17,14 @@ SQLite and PostgreSQL, needs nothing but the database every process already has,
 lost while a process is disconnected: when it can read again it reads every event it missed.
 At four small reads per second per process, a push channel would save almost nothing.
 
-When the poller cannot read (the database is unreachable), nothing is trusted longer than
-before events existed: every cache still reloads its entries after its ttl, and never serves
-one older than twice its ttl (`tollgate.cache`). The events only make changes visible sooner.
+Each successful read also confirms every cached entry current as of its start
+(`Store.caches_confirmed_at`): any change made before it has dropped its entries. The caches
+then reload an entry only when an event drops it, or `tollgate.cache.MAX_AGE_SECONDS` after its
+load, instead of every `ttl`: with many accounts, each seen less often than the ttl, that
+reloading was most of a request's cost (bench/scaling.py). When the poller cannot read (the
+database is unreachable), the confirmations stop and nothing is trusted longer than before
+events existed: every cache reloads its entries after its ttl, and never serves one older than
+twice its ttl (`tollgate.cache`).
 For the same reason, events are kept only `RETENTION` (an hour): a process that missed one
 older than that (stopped for longer) holds no entry cached before it that it would still serve.
 """
@@ -125,12 +130,15 @@ class CacheEventPoller:
     async def _run(self) -> None:
         while True:
             await self.sleep(self.interval)
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(READ_TIMEOUT_SECONDS):
                     await self.poll_once()
             except Exception as exc:  # the database's: unreachable, timed out, locked, ...
                 self.failures += 1
                 self._report(exc)
+            else:  # every change made before `started` has dropped its entries by now
+                self.services.store.caches_confirmed_at = started
 
     async def poll_once(self) -> int:
         """Apply every event newer than the last one read; returns how many were applied."""

@@ -21,7 +21,7 @@ class GatewayCache:
     def __init__(self, store: Store, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
         self._store = store
         self._cache: RefreshingCache[tuple[str, str], GatewayRecord | NotFound] = RefreshingCache(
-            self._load, ttl=ttl, max_entries=max_entries
+            self._load, ttl=ttl, max_entries=max_entries, confirmed_by=store
         )
 
     async def resolve(self, account_id: str, gateway_id: str) -> GatewayRecord:

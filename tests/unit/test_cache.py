@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -109,4 +110,58 @@ async def test_get_nowait_serves_a_stale_entry_while_it_refreshes() -> None:
     assert cache.get_nowait("k", None) == "k:v1"
     await asyncio.sleep(0.01)
     assert cache.get_nowait("k", None) == "k:v2"
+    assert loader.calls == 2
+
+
+class Confirmations:
+    """What the cache-event poller sets on the store: `caches_confirmed_at`."""
+
+    def __init__(self) -> None:
+        self.caches_confirmed_at = float("-inf")
+
+    def confirm_now(self) -> None:
+        self.caches_confirmed_at = time.monotonic()
+
+
+def confirmed_cache(
+    max_age: float,
+) -> tuple[Loader, Confirmations, RefreshingCache[str, str]]:
+    """A cache with a 20 ms ttl whose entries the test's `Confirmations` may vouch for."""
+    loader, events = Loader(), Confirmations()
+    cache = RefreshingCache(loader, ttl=0.02, confirmed_by=events, max_age=max_age)
+    return loader, events, cache
+
+
+async def test_entries_confirmed_by_cache_events_are_not_reloaded_every_ttl() -> None:
+    loader, events, cache = confirmed_cache(max_age=60)
+    await cache.get("k")
+    for _ in range(5):  # five times 2 * ttl, the poller confirming all along
+        await asyncio.sleep(0.015)
+        events.confirm_now()
+        await asyncio.sleep(0.015)
+        assert await cache.get("k") == "k:v1"
+    assert loader.calls == 1
+
+
+async def test_without_confirmations_the_ttl_applies_again() -> None:
+    """The poller cannot read: its confirmations stop, and an entry is reloaded after ttl."""
+    loader, events, cache = confirmed_cache(max_age=60)
+    await cache.get("k")
+    events.confirm_now()
+    await asyncio.sleep(0.05)  # older than 2 * ttl since the last confirmation
+    loader.value = "v2"
+    assert await cache.get("k") == "k:v2"
+    assert loader.calls == 2
+
+
+async def test_confirmations_vouch_for_an_entry_only_up_to_max_age() -> None:
+    """A change made outside tollgate (no event) is seen within `max_age`."""
+    loader, events, cache = confirmed_cache(max_age=0.1)
+    await cache.get("k")
+    loader.value = "v2"
+    deadline = time.monotonic() + 0.3
+    while await cache.get("k") == "k:v1":
+        assert time.monotonic() < deadline, "not reloaded past max_age"
+        events.confirm_now()
+        await asyncio.sleep(0.005)
     assert loader.calls == 2

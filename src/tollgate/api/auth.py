@@ -82,7 +82,7 @@ class TokenVerifier:
     def __init__(self, store: Store, *, ttl: float = 5.0, max_entries: int = 100_000) -> None:
         self._store = store
         self._cache: RefreshingCache[str, Principal | AuthenticationFailed] = RefreshingCache(
-            self._lookup, ttl=ttl, max_entries=max_entries
+            self._lookup, ttl=ttl, max_entries=max_entries, confirmed_by=store
         )
 
     async def verify(self, token: str) -> Principal:

@@ -129,7 +129,11 @@ class Meter:
         # Told (account id, balance after) after every settle that used credits: auto top-up.
         self.on_settled = on_settled
         self._account_limits: RefreshingCache[str, limits_repo.AccountLimit | None] = (
-            RefreshingCache(lambda account: limits_repo.get_account_limit(store, account), ttl=5.0)
+            RefreshingCache(
+                lambda account: limits_repo.get_account_limit(store, account),
+                ttl=5.0,
+                confirmed_by=store,
+            )
         )
         # Holds admitted and not yet settled by this process, for the keep-alive.
         self._in_flight: dict[str, Hold] = {}

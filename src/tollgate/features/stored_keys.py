@@ -131,7 +131,7 @@ class StoredKeys:
         self._store = store
         self.box = SecretBox(master_key)
         self._cache: RefreshingCache[tuple[str, str], GatewayKeys] = RefreshingCache(
-            self._load, ttl=ttl
+            self._load, ttl=ttl, confirmed_by=store
         )
 
     async def find(

@@ -16,6 +16,7 @@ running loop's `LoopWriter`, which group-commits them on the loop thread
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import sqlite3
 import time
@@ -125,6 +126,9 @@ class Store:
         # Names this store in the cache events it writes, so that the process it serves skips
         # them: it has already dropped what they name (tollgate.store.cache_events).
         self.origin = secrets.token_hex(8)
+        # When every cached entry over this store was last known current: the start of the
+        # cache-event poller's last successful read (`tollgate.cache_events`; monotonic).
+        self.caches_confirmed_at = -math.inf
         driver_url = async_url(url)
         self.dialect = "sqlite" if driver_url.startswith("sqlite") else "postgresql"
         self.wal_sync_interval = wal_sync_interval

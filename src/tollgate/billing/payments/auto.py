@@ -92,6 +92,7 @@ class AutoTopUps:
             lambda account: repo.get_auto_config(self.store, account),
             ttl=config_ttl,
             max_entries=_MAX_CACHED,
+            confirmed_by=self.store,
         )
         self._tasks: set[asyncio.Task[AutoTopUpOutcome | None]] = set()
 
