@@ -82,7 +82,9 @@ class Services:
                 "Fix [billing.price_overrides] in tollgate.toml."
             ) from None
         store = store or Store(
-            settings.database.url, wal_sync_interval=settings.database.wal_sync_interval_seconds
+            settings.database.url,
+            wal_sync_interval=settings.database.wal_sync_interval_seconds,
+            max_connections=settings.database.max_connections,
         )
         hold_ttl = timedelta(seconds=settings.billing.hold_ttl_seconds)
         leases = (

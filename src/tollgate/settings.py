@@ -75,6 +75,9 @@ class DatabaseSettings(BaseModel):
     # caches: revoked tokens, gateways, custom providers, ... (tollgate/cache_events.py). 0 turns
     # it off; those changes are then seen only when the cache entries expire (up to 10 s).
     cache_events_poll_seconds: float = Field(0.25, ge=0, le=5)
+    # PostgreSQL: the most connections one process opens (half kept open, half opened under
+    # load and closed after). N processes need N x this within the server's max_connections.
+    max_connections: int = Field(20, ge=2, le=1000)
 
     @field_validator("url")
     @classmethod

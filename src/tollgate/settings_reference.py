@@ -89,6 +89,11 @@ MEANINGS: dict[str, str] = {
         "changes only when their cache entries expire, within 10 s (see "
         "[operations.md](operations.md#tokens-and-caches))"
     ),
+    "database.max_connections": (
+        "PostgreSQL: the most connections one gateway process opens (half stay open, the rest "
+        "are opened under load and closed after). N processes need N times this within the "
+        "server's `max_connections` (see [operations.md](operations.md#sizing))"
+    ),
     "operator.admin_token": (
         "the operator's token for `/admin/v1`; in sandbox mode one is generated if unset"
     ),

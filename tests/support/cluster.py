@@ -107,6 +107,8 @@ def running_cluster(root: Path, *, gateways: int, settings: Mapping[str, str]) -
             "TOLLGATE_LOG_LEVEL": "warning",
             "TOLLGATE_REDIS__URL": REDIS_URL,
             "TOLLGATE_REDIS__KEY_PREFIX": redis_prefix,
+            # 3 x 8 connections: the shared server's 100 must also serve CI's other worker.
+            "TOLLGATE_DATABASE__MAX_CONNECTIONS": "8",
             **provider_env(sim.url),
             **settings,
         }

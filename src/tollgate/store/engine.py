@@ -67,6 +67,7 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATES)
 
 
+MAX_CONNECTIONS = 20  # PostgreSQL, per process: `database.max_connections`
 WAL_SYNC_INTERVAL = 0.1  # seconds between WAL syncs for the hot writer (see loop_writer)
 
 
@@ -121,7 +122,13 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
 class Store:
     """Owns the database engines. Use `write()` for a transaction that changes anything."""
 
-    def __init__(self, url: str, *, wal_sync_interval: float = WAL_SYNC_INTERVAL) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        wal_sync_interval: float = WAL_SYNC_INTERVAL,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.url = url
         # Names this store in the cache events it writes, so that the process it serves skips
         # them: it has already dropped what they name (tollgate.store.cache_events).
@@ -148,7 +155,10 @@ class Store:
             self._writer = _sqlite_engine(driver_url, begin="BEGIN IMMEDIATE", pool_size=1)
             self._reader = _sqlite_engine(driver_url, begin="BEGIN", pool_size=4)
         else:
-            self._writer = create_async_engine(driver_url, pool_size=10, max_overflow=10)
+            kept = max(1, max_connections // 2)  # the rest opened under load, closed after
+            self._writer = create_async_engine(
+                driver_url, pool_size=kept, max_overflow=max_connections - kept
+            )
             self._reader = self._writer
 
     @asynccontextmanager
