@@ -352,6 +352,8 @@ async def rearm_auto(store: Store, account_id: str, now: datetime) -> bool:
             )
             .values(armed=True, modified_at=now)
         )
+        if result.rowcount:  # other processes' cached state (`billing/payments/auto.py`)
+            await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
         return bool(result.rowcount)
 
 
@@ -371,6 +373,8 @@ async def claim_auto(store: Store, account_id: str, topup_id: str, now: datetime
             )
             .values(armed=False, in_flight_topup_id=topup_id, in_flight_since=now, modified_at=now)
         )
+        if result.rowcount:
+            await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
         return bool(result.rowcount)
 
 
@@ -397,7 +401,10 @@ async def take_over_stale(
             )
             .values(in_flight_since=now, modified_at=now)
         )
-        return str(row.in_flight_topup_id) if result.rowcount else None
+        if not result.rowcount:
+            return None
+        await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
+        return str(row.in_flight_topup_id)
 
 
 async def finish_auto(
@@ -457,6 +464,7 @@ async def finish_auto(
         row = (
             await conn.execute(select(auto_topup_configs).where(c.account_id == account_id))
         ).one()
+        await publish(store, conn, CacheEventKind.AUTO_TOPUP, account_id)
     return _fields(AutoTopUpConfig, row)  # type: ignore[no-any-return]
 
 
