@@ -32,7 +32,6 @@ older than that (stopped for longer) holds no entry cached before it that it wou
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from tollgate.store import cache_events as events_repo
 from tollgate.store.cache_events import CacheEvent, CacheEventKind
+from tollgate.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from tollgate.services import Services
@@ -122,10 +122,7 @@ class CacheEventPoller:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,7 @@ import typer
 
 from tollgate import money, operator
 from tollgate.api.admin import dollars
-from tollgate.api.billing import MAX_LIMIT_CENTS, MIN_LIMIT_CENTS
+from tollgate.api.billing_fields import MAX_LIMIT_CENTS, MIN_LIMIT_CENTS
 from tollgate.billing import limits as limit_rules
 from tollgate.billing import windows
 from tollgate.cli_common import (

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -204,19 +204,21 @@ class Upstream:
         session = self._guarded if guarded else self._session
         timeout = first_byte_timeout or self._settings.first_byte_timeout_seconds
         header_list = list(headers)
+
+        def request() -> Awaitable[aiohttp.ClientResponse]:
+            return session.request(
+                method, url, headers=header_list, data=body or None, allow_redirects=False
+            )
+
         try:
             async with asyncio.timeout(timeout):
                 sent = time.monotonic()
                 try:
-                    response = await session.request(
-                        method, url, headers=header_list, data=body or None, allow_redirects=False
-                    )
+                    response = await request()
                 except aiohttp.ClientError as exc:
                     if not _closed_as_idle(exc, sent):
                         raise
-                    response = await session.request(
-                        method, url, headers=header_list, data=body or None, allow_redirects=False
-                    )
+                    response = await request()  # once more, on a new connection
         except TimeoutError:
             count_failure(self.failures, provider, "upstream_timeout")
             raise UpstreamTimeout(

@@ -46,6 +46,14 @@ from fastapi.responses import Response
 
 from tollgate import money
 from tollgate.api.auth import authorize_api_call
+from tollgate.api.billing_fields import (
+    MAX_LIMIT_CENTS,
+    MIN_LIMIT_CENTS,
+    bad_field,
+    cents,
+    choice,
+    ms_param,
+)
 from tollgate.api.envelope import cloudflare_response, page_request
 from tollgate.api.openapi import error_responses, json_body
 from tollgate.billing.payments import (
@@ -75,8 +83,6 @@ from tollgate.store import payments as payments_repo
 from tollgate.store import usage as usage_repo
 from tollgate.store.payments import PaymentProfile, TopUpRecord
 
-MIN_LIMIT_CENTS = 100
-MAX_LIMIT_CENTS = 1_000_000_000  # $10M
 _STATUS = {"succeeded": "completed", "failed": "failed"}
 
 
@@ -87,33 +93,6 @@ def build_topups(services: Services) -> TopUps:
         build_payment_provider(services.settings),
         fee_percent=services.settings.billing.purchase_fee_percent,
     )
-
-
-def cents(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
-    """A strict JSON integer of cents in [minimum, maximum], or a 400 naming the field."""
-    value = body.get(name)
-    if value is None:
-        raise _bad(f"{name} is required: an integer number of cents (e.g. 2500 for $25.00)", name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        shown = orjson.dumps(value).decode()[:40]
-        raise _bad(
-            f"{name} must be an integer number of cents (e.g. 2500 for $25.00), not {shown}", name
-        )
-    if not minimum <= value <= maximum:
-        raise _bad(f"{name} must be from {minimum} to {maximum} cents; got {value}", name)
-    return value
-
-
-def choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or value not in allowed:
-        shown = orjson.dumps(value).decode()[:40] if value is not None else "nothing"
-        raise _bad(f"{name} must be one of {', '.join(allowed)}; got {shown}", name)
-    return value
-
-
-def _bad(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(message, code="invalid_field", param=param)
 
 
 def _card_json(profile: PaymentProfile | None) -> dict[str, Any] | None:
@@ -238,10 +217,12 @@ class BillingRoutes:
         amount = cents(body, "amount", MIN_TOPUP_CENTS, MAX_TOPUP_CENTS)
         method = body.get("payment_method_id")
         if method is not None and (not isinstance(method, str) or not 0 < len(method) <= 255):
-            raise _bad("payment_method_id must be a payment method id string", "payment_method_id")
+            raise bad_field(
+                "payment_method_id must be a payment method id string", "payment_method_id"
+            )
         key = request.headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
-            raise _bad(
+            raise bad_field(
                 "Idempotency-Key must be 1 to 255 printable ASCII characters", "idempotency-key"
             )
         record = await self.topups.create_topup(
@@ -254,7 +235,7 @@ class BillingRoutes:
         body = await self._body(request)
         intent = body.get("payment_intent_id")
         if not isinstance(intent, str) or not 0 < len(intent) <= 255:
-            raise _bad(
+            raise bad_field(
                 "payment_intent_id is required: the id POST .../billing/topup returned",
                 "payment_intent_id",
             )
@@ -348,18 +329,20 @@ class BillingRoutes:
         query = request.query_params
         window = query.get("value_grouping_window")
         if window not in ("day", "hour"):
-            raise _bad("value_grouping_window is required: day or hour", "value_grouping_window")
+            raise bad_field(
+                "value_grouping_window is required: day or hour", "value_grouping_window"
+            )
         width = 86_400 if window == "day" else 3_600
         now = self.topups.clock()
-        end = _ms_param(query.get("end_time"), "end_time") or now
+        end = ms_param(query.get("end_time"), "end_time") or now
         default_span = timedelta(days=30) if window == "day" else timedelta(hours=24)
-        start = _ms_param(query.get("start_time"), "start_time") or end - default_span
+        start = ms_param(query.get("start_time"), "start_time") or end - default_span
         if start >= end:
-            raise _bad("start_time must be before end_time", "start_time")
+            raise bad_field("start_time must be before end_time", "start_time")
         first = int(start.timestamp()) // width * width
         last = -(-int(end.timestamp()) // width) * width
         if (last - first) // width > 1000:
-            raise _bad(
+            raise bad_field(
                 f"start_time: the range spans more than 1000 {window}s; narrow it", "start_time"
             )
         buckets = await usage_repo.usage_buckets(
@@ -375,7 +358,7 @@ class BillingRoutes:
         await self._auth(request, account_id, "read")
         kind = request.query_params.get("type") or "all"
         if kind not in ("auto", "manual", "all"):
-            raise _bad(f"type must be auto, manual or all; got '{kind[:40]}'", "type")
+            raise bad_field(f"type must be auto, manual or all; got '{kind[:40]}'", "type")
         paging = page_request(request.query_params)
         records, total = await payments_repo.list_topups(
             self.store,
@@ -400,18 +383,6 @@ class BillingRoutes:
         end = (start + timedelta(days=32)).replace(day=1)
         lines = await usage_repo.usage_by_model(self.store, account_id, start=start, end=end)
         return cloudflare_response(preview_json(account_id, lines, start, end))
-
-
-def _ms_param(raw: str | None, name: str) -> datetime | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 253_402_300_799_000:  # up to year 9999; rejects nan and inf
-        raise _bad(f"{name} must be a Unix time in milliseconds; got '{raw[:40]}'", name)
-    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def billing_router(services: Services, topups: TopUps | None = None) -> APIRouter:

@@ -38,6 +38,7 @@ from tollgate.billing.ledger import Ledger
 from tollgate.store import holds as holds_repo
 from tollgate.store.engine import unreachable
 from tollgate.store.holds import Hold, Settlement
+from tollgate.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +150,7 @@ class DeferredSettlements:
         """At shutdown: a last try (up to `DRAIN_AT_SHUTDOWN_SECONDS`), then stop retrying.
         Returns how many are left open for crash recovery."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_AT_SHUTDOWN_SECONDS):

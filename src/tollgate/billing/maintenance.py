@@ -38,7 +38,6 @@ bucket a little longer than the pruner's clock says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -51,6 +50,7 @@ from tollgate.billing.limits import key_account, rule_key, unpartitioned
 from tollgate.billing.windows import epoch_seconds
 from tollgate.settings import BillingSettings
 from tollgate.store import maintenance as repo
+from tollgate.tasks import cancel_and_wait
 
 log = logging.getLogger("tollgate.billing.maintenance")
 
@@ -190,10 +190,7 @@ class Maintenance:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def run_once(self) -> MaintenanceReport | None:
         """One pass, logged; None if it failed (logged too, never raised)."""

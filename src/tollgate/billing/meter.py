@@ -36,7 +36,6 @@ hold covers (`Admission.output_cap`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -60,6 +59,7 @@ from tollgate.store import limits as limits_repo
 from tollgate.store._util import ordered_id
 from tollgate.store.engine import DATABASE_ERRORS, unreachable
 from tollgate.store.holds import Hold
+from tollgate.tasks import cancel_and_wait
 
 MIN_USEFUL_OUTPUT_TOKENS = 64
 BYTES_PER_OUTPUT_TOKEN = 4
@@ -423,10 +423,7 @@ class Meter:
 
     async def stop_keep_alive(self) -> None:
         task, self._keep_alive = self._keep_alive, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _keep_alive_loop(self, interval: float) -> None:
         while True:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from tollgate.api.billing import MAX_LIMIT_CENTS
+from tollgate.api.billing_fields import MAX_LIMIT_CENTS
 from tollgate.billing.payments import PaymentMethodRejected
 from tollgate.billing.payments.sandbox import SIMULATED, TEST_CARDS
 from tollgate.billing.topup import (

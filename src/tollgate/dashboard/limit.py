@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tollgate.api.billing import MAX_LIMIT_CENTS, MIN_LIMIT_CENTS
+from tollgate.api.billing_fields import MAX_LIMIT_CENTS, MIN_LIMIT_CENTS
 from tollgate.dashboard.core import DashboardCore, Viewer, pick
 from tollgate.dashboard.format import AmountError, parse_dollars_to_cents
 from tollgate.dashboard.overview import load_overview
