@@ -171,10 +171,13 @@ class Served:
         return outcomes
 
     def books_once_settled(self) -> tuple[AccountSnapshot, list[Hold]]:
-        """The account's books (`check_invariants` passed) once no hold is open, or after 15 s."""
+        """The account's books (`check_invariants` passed) once no hold is open, or after 15 s.
+        The open holds are the snapshot's own: a second read could miss a hold resolved (by a
+        deferred settlement) between the two."""
         deadline = time.monotonic() + 15
         while True:
-            books, still_open = snapshot(self.database, self.account.account_id)
+            books, _ = snapshot(self.database, self.account.account_id)
+            still_open = [hold for hold in books.holds if hold.id not in books.resolutions]
             if not still_open or time.monotonic() > deadline:
                 return books, still_open
             time.sleep(0.1)

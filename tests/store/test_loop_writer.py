@@ -1,11 +1,13 @@
-"""The SQLite hot writer: group commits, per-operation undo, lock waits that never block the loop,
-failed commits, WAL syncing, and one writer per event loop. Real SQLite files throughout."""
+"""The SQLite hot writer: group commits on its own thread (the loop is never held), per-operation
+undo, lock waits, failed commits, WAL syncing, and one writer per event loop. Real SQLite files
+throughout."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +44,22 @@ def _insert(key: str, parent: int = 1) -> Callable[[sqlite3.Connection], str]:
     return operation
 
 
+class _Ticker:
+    """Counts the loop's turns while it runs: a loop held by a write would not count."""
+
+    def __init__(self, every: float) -> None:
+        self.ticks = 0
+        self._task = asyncio.create_task(self._run(every))
+
+    async def _run(self, every: float) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(every)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "hot.db"
@@ -58,6 +76,53 @@ async def test_operations_issued_together_share_one_commit(db: Path) -> None:
         assert _keys(db) == keys  # committed: another connection sees every row
         await writer.run(_insert("later"))
         assert writer.commits == 2
+    finally:
+        writer.close()
+
+
+async def test_the_loop_keeps_serving_while_an_operation_runs(db: Path) -> None:
+    # The writes run on the writer's thread: a slow one (a big log batch, a busy disk) must not
+    # hold up the requests the loop is serving meanwhile.
+    writer = LoopWriter(str(db), asyncio.get_running_loop())
+
+    def slow(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES ('slow', 1)")
+        time.sleep(0.2)
+        return "slow"
+
+    ticker = _Ticker(every=0.005)
+    try:
+        assert await writer.run(slow) == "slow"
+        assert ticker.ticks >= 10  # about 40 in 0.2 s; one if the loop had been held
+        assert _keys(db) == ["slow"]
+    finally:
+        ticker.stop()
+        writer.close()
+
+
+async def test_operations_issued_while_a_commit_runs_share_the_next_one(db: Path) -> None:
+    writer = LoopWriter(str(db), asyncio.get_running_loop())
+    started = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t VALUES ('first', 1)")
+        started.set()
+        time.sleep(0.1)
+        return "first"
+
+    try:
+        first = asyncio.create_task(writer.run(slow))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        # Issued in three loop iterations while the thread is busy: one commit for all three.
+        later = []
+        for i in range(3):
+            later.append(asyncio.create_task(writer.run(_insert(f"later{i}"))))
+            await asyncio.sleep(0)
+        assert await first == "first"
+        assert await asyncio.gather(*later) == ["later0", "later1", "later2"]
+        assert writer.commits == 2
+        assert _keys(db) == ["first", "later0", "later1", "later2"]
     finally:
         writer.close()
 
@@ -145,25 +210,17 @@ async def test_a_lock_held_elsewhere_is_waited_for_without_blocking_the_loop(db:
     other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     writer = LoopWriter(str(db), asyncio.get_running_loop())
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    running = asyncio.create_task(ticker())
+    ticker = _Ticker(every=0.001)
     try:
         pending = asyncio.create_task(writer.run(_insert("waited")))
         await asyncio.sleep(0.05)
         assert not pending.done()
-        assert ticks > 5  # the loop kept running while the write waited
+        assert ticker.ticks > 5  # the loop kept running while the write waited
         other.execute("COMMIT")
         assert await asyncio.wait_for(pending, 5) == "waited"
         assert _keys(db) == ["waited"]
     finally:
-        running.cancel()
+        ticker.stop()
         other.close()
         writer.close()
 

@@ -50,6 +50,14 @@ def test_format_dollars(nanos: int, shown: str) -> None:
 def test_header_dollars_is_exact() -> None:
     assert money.header_dollars(123) == "0.000000123"
     assert money.header_dollars(10_000_000_000) == "10"
+    assert money.header_dollars(1_500_000_000) == "1.5"
+    assert money.header_dollars(0) == "0"
+    assert money.header_dollars(-2_000_000) == "-0.002"
+
+
+@given(st.integers(min_value=-(10**18), max_value=10**18))
+def test_header_dollars_is_the_exact_decimal_without_trailing_zeros(nanos: int) -> None:
+    assert money.header_dollars(nanos) == format(money.to_dollars(nanos).normalize(), "f")
 
 
 @given(st.integers(min_value=-(10**15), max_value=10**15))

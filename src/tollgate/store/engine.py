@@ -9,7 +9,7 @@ memory instead of spinning on the file lock. Reads use a separate pool and never
 PostgreSQL uses one asyncpg pool for both.
 
 On SQLite the ledger's hot writes (holds and settlements) bypass SQLAlchemy: `hot()` gives the
-running loop's `LoopWriter`, which group-commits them on the loop thread
+running loop's `LoopWriter`, which group-commits them on a writer thread of that loop
 (`tollgate.store.loop_writer` explains the design and its durability).
 """
 

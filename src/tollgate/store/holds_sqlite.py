@@ -1,5 +1,5 @@
 """Holds on SQLite: the same admission and resolution as `tollgate.store.holds`, as plain SQL on
-the loop thread's group-committing writer (`tollgate.store.loop_writer`).
+the event loop's group-committing writer thread (`tollgate.store.loop_writer`).
 
 The statements, their order and their guarantees are those `tollgate.store.holds` documents;
 only the execution differs. Each operation runs inside the writer's savepoint, so one that raises

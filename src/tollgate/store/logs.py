@@ -248,8 +248,8 @@ _INSERT_SQL = (
     f"INSERT INTO request_logs ({', '.join(_FIELDS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' * len(_FIELDS))})"
 )
-# Rows per operation on the hot writer: each runs on the event loop thread, so a large batch is
-# split to keep any one pause short (a few hundred microseconds for small bodies).
+# Rows per operation on the hot writer: its thread runs the billing writes in turn with these, so
+# a large batch is split to keep a settlement from waiting long behind it (each chunk commits).
 _HOT_CHUNK = 64
 
 
