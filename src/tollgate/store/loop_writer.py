@@ -55,7 +55,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_FIRST = 0.0005  # seconds; doubled up to BUSY_RETRY_MAX while the lock stays busy
-BUSY_RETRY_MAX = 0.05
+# Short: with several processes on one file, a writer that backed off 50 ms kept losing the
+# lock to the others (4 workers x 1,000 accounts: p99 0.6-0.95 s at 50 ms, 0.37-0.48 s at 2 ms).
+# A refused BEGIN costs microseconds, and the thread retries it, never the loop.
+BUSY_RETRY_MAX = 0.002
 BUSY_GIVE_UP = 30.0  # the control plane's own busy_timeout: never wait longer than it would
 
 
