@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
+import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 
@@ -28,3 +31,28 @@ def ordered_id() -> str:
     through its account's authorization), and `secrets` costs a system call per id, which was a
     seventh of the billing hot path's CPU."""
     return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
+
+
+# SQLite's limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER, since 3.32).
+_MAX_PARAMETERS = 32_766
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_sql(insert: str, row: str, count: int) -> str:
+    return f"{insert} VALUES {', '.join([row] * count)}"
+
+
+def insert_rows(
+    conn: sqlite3.Connection, insert: str, row: str, rows: Sequence[Sequence[object]]
+) -> None:
+    """`insert` (``INSERT INTO t (a, b)``) of every row, `row` being one row's ``VALUES`` tuple
+    (``(?, ?)``, literals allowed), as few statements as SQLite's parameter limit allows.
+
+    On the hot writer's thread, not `executemany`: that steps once per row, and `sqlite3`
+    gives the GIL up and takes it back at every step, each time waiting for the busy event
+    loop to let go of it. One statement steps once."""
+    per_row = row.count("?")
+    size = max(1, _MAX_PARAMETERS // max(1, per_row))
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        conn.execute(_multi_row_sql(insert, row, len(chunk)), [value for r in chunk for value in r])

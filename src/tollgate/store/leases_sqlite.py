@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tollgate.store._util import ordered_id
+from tollgate.store._util import insert_rows, ordered_id
 from tollgate.store.holds import NOTE_MAX, Hold, InsufficientFunds, Settlement
 from tollgate.store.holds_sqlite import stamp_us
 from tollgate.store.journal import Admitted, Resolution
@@ -54,13 +54,14 @@ _EXTEND = "UPDATE credit_leases SET expires_at = ? WHERE owner = ?"
 _INSERT_HOLD = (
     "INSERT INTO holds (id, account_id, request_id, gateway_id, model, amount_nanos, "
     "recovery_charge_nanos, uses_credits, buckets, state, created_at, expires_at, forwarded_at, "
-    "resolved_at, charged_nanos, estimated, balance_after_nanos, ledger_entry_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 1, '[]', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "resolved_at, charged_nanos, estimated, balance_after_nanos, ledger_entry_id)"
 )
+_HOLD_ROW = "(?, ?, ?, ?, ?, ?, ?, 1, '[]', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_ENTRY = (
     "INSERT INTO ledger_entries (id, account_id, kind, amount_nanos, balance_after_nanos, note, "
-    "reference, created_at, model) VALUES (?, ?, 'usage', ?, ?, ?, ?, ?, ?)"
+    "reference, created_at, model)"
 )
+_ENTRY_ROW = "(?, ?, 'usage', ?, ?, ?, ?, ?, ?)"
 _OWNER_LEASES = "SELECT id, account_id, amount_nanos FROM credit_leases WHERE owner = ?"
 _KNOWN_HOLDS = "SELECT id FROM holds WHERE id IN ({})"
 _KNOWN_ENTRIES = "SELECT reference FROM ledger_entries WHERE account_id = ? AND reference IN ({})"
@@ -146,9 +147,9 @@ def settle_batch(
         if item.estimated or not charge:
             holds.append(_hold_row(item, now))
     if entries:
-        conn.executemany(_INSERT_ENTRY, entries)
+        insert_rows(conn, _INSERT_ENTRY, _ENTRY_ROW, entries)
     if holds:
-        conn.executemany(_INSERT_HOLD, holds)
+        insert_rows(conn, _INSERT_HOLD, _HOLD_ROW, holds)
 
 
 class RowRefused(Exception):
