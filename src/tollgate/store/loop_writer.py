@@ -19,9 +19,11 @@ their own, and the operations issued in the same loop iteration share one transa
   and a settlement batch about 0.6 ms, and the request that arrived meanwhile waited; with the
   log inserts left out, the gateway's p99 fell from about 4-5 ms to about 1.3-3 ms. On the thread
   the loop goes on serving while SQLite works (`sqlite3` releases the GIL inside SQLite), and the
-  loop thread only builds the rows and hands them over. The operations therefore run alongside
-  the loop: they must read only what their caller built for them (rows, batches), never state
-  the loop goes on changing.
+  loop thread only builds the rows and hands them over. `sqlite3` takes the GIL back after every
+  step, and on this thread each take waits for the busy loop, so the operations insert their
+  rows as one multi-row statement (`_util.insert_rows`), never `executemany` (a step per row).
+  The operations run alongside the loop: they must read only what their caller built for them
+  (rows, batches), never state the loop goes on changing.
 - The thread never gives up on a busy lock quickly, nor blocks the loop: when another connection
   (the control plane's aiosqlite writer, or another process) holds the write lock, `BEGIN` fails
   at once (`busy_timeout` is 0) and the thread sleeps briefly and tries again, for at most
