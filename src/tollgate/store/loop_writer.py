@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -91,7 +91,7 @@ class _Operation:
     run: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     result: Any = None
-    error: BaseException | None = field(default=None)
+    error: BaseException | None = None
 
 
 class LoopWriter:
@@ -134,25 +134,29 @@ class LoopWriter:
 
     def _work(self) -> None:
         try:
-            while True:
+            stopping = False
+            while not stopping:
                 group = self._groups.get()
                 if group is None:
                     return
-                # Groups queued while the last commit ran share the next one.
-                while True:
-                    try:
-                        more = self._groups.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._write(group)
-                        return
-                    group += more
+                stopping = self._take_queued(group)
                 self._write(group)
         finally:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _take_queued(self, group: list[_Operation]) -> bool:
+        """Add the groups queued while the last commit ran to `group` (they share the next
+        commit); True when `close` asked to stop after them."""
+        while True:
+            try:
+                more = self._groups.get_nowait()
+            except queue.Empty:
+                return False
+            if more is None:
+                return True
+            group += more
 
     def _write(self, group: list[_Operation]) -> None:
         try:
